@@ -1,0 +1,450 @@
+"""Compact Transformers: ViT-Lite, CVT and CCT as one timm model class.
+
+Paper: 'Escaping the Big Data Paradigm with Compact Transformers', Hassani et al. 2021
+(https://arxiv.org/abs/2104.05704). Official code: https://github.com/SHI-Labs/Compact-Transformers
+
+The three families differ only in configuration:
+- ViT-Lite: patch tokenizer (one k x k stride-k conv) + class token, pooled by the class token.
+- CVT: patch tokenizer + SeqPool (attention-based sequence pooling).
+- CCT: convolutional tokenizer ([conv -> ReLU -> max-pool] x n) + SeqPool.
+"""
+import re
+from functools import partial
+from typing import Any, Dict, List, Optional, Set, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
+from timm.models._features import feature_take_indices
+
+from .layers import Block, SeqPool, Tokenizer, check_image_input, sine_pos_embed
+
+__all__ = ['CompactTransformer', 'checkpoint_filter_fn']
+
+POS_EMBEDS = ('learnable', 'sine', 'none')
+GLOBAL_POOLS = ('seq', 'token', 'avg', '')
+
+
+def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f'Unknown {name}={value!r}; expected one of {list(choices)}.')
+
+
+class CompactTransformer(nn.Module):
+    """A tokenizer, a pre-norm transformer encoder (official block layout) and a pooling head."""
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'seq',
+            embed_dim: int = 256,
+            depth: int = 7,
+            num_heads: int = 4,
+            mlp_ratio: float = 2.,
+            kernel_size: int = 7,
+            stride: Optional[int] = None,
+            padding: Optional[int] = None,
+            tokenizer_layers: int = 1,
+            tokenizer_hidden_chans: int = 64,
+            conv_tokenizer: bool = True,
+            class_token: bool = False,
+            pos_embed: str = 'learnable',
+            dynamic_img_size: bool = False,
+            drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.1,
+            drop_path_rate: float = 0.1,
+            act_layer: Optional[Type[nn.Module]] = None,
+            norm_layer: Optional[Type[nn.Module]] = None,
+            device=None,
+            dtype=None,
+    ) -> None:
+        """
+        Args:
+            img_size: Input image size the position embedding is built for.
+            in_chans: Number of input image channels.
+            num_classes: Number of classes; 0 removes the classifier.
+            global_pool: 'seq' (SeqPool), 'token' (class token), 'avg' (mean of tokens) or '' (none).
+            embed_dim: Transformer width.
+            depth: Number of transformer blocks.
+            num_heads: Number of attention heads.
+            mlp_ratio: MLP hidden width / embed_dim.
+            kernel_size: Tokenizer conv kernel size.
+            stride: Tokenizer conv stride (default: CCT rule max(1, k // 2 - 1), or k for a patch tokenizer).
+            padding: Tokenizer conv padding (default: CCT rule max(1, k // 2), or 0 for a patch tokenizer).
+            tokenizer_layers: Number of tokenizer conv layers.
+            tokenizer_hidden_chans: Width of the inner tokenizer conv layers.
+            conv_tokenizer: True: CCT's [conv, ReLU, max-pool] layers without bias; False: a patch conv with bias.
+            class_token: Prepend a learnable class token (ViT-Lite).
+            pos_embed: 'learnable', 'sine' (frozen 1-D sinusoidal table) or 'none'.
+            dynamic_img_size: Accept any input size, resampling or regenerating the position embedding.
+            drop_rate: Dropout before the classifier.
+            pos_drop_rate: Dropout after the position embedding.
+            proj_drop_rate: Dropout in the attention projection and the MLP.
+            attn_drop_rate: Dropout on the attention weights.
+            drop_path_rate: Stochastic depth, rising linearly to this value over the blocks.
+            act_layer: MLP activation (default exact GELU).
+            norm_layer: Normalization layer (default LayerNorm, eps 1e-5).
+        """
+        super().__init__()
+        _check_choice('pos_embed', pos_embed, POS_EMBEDS)
+        _check_choice('global_pool', global_pool, GLOBAL_POOLS)
+        if global_pool == 'token' and not class_token:
+            raise ValueError("global_pool='token' needs a class token; pass class_token=True or use 'seq'.")
+        dd = {'device': device, 'dtype': dtype}
+        act_layer = act_layer or nn.GELU
+        norm_layer = norm_layer or nn.LayerNorm
+        if conv_tokenizer:
+            stride = max(1, kernel_size // 2 - 1) if stride is None else stride
+            padding = max(1, kernel_size // 2) if padding is None else padding
+        else:
+            stride = kernel_size if stride is None else stride
+            padding = 0 if padding is None else padding
+
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.pos_embed_type = pos_embed
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+        self.img_size = _pair(img_size)
+
+        self.tokenizer = Tokenizer(
+            in_chans, embed_dim, kernel_size, stride, padding,
+            num_layers=tokenizer_layers,
+            hidden_chans=tokenizer_hidden_chans,
+            bias=not conv_tokenizer,
+            act_pool=conv_tokenizer,
+            **dd,
+        )
+        self.feat_size = self.tokenizer.feat_size(self.img_size)
+        num_pos = self.feat_size[0] * self.feat_size[1] + self.num_prefix_tokens
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd)) if class_token else None
+        if pos_embed == 'learnable':
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_pos, embed_dim, **dd))
+        elif pos_embed == 'sine':
+            self.register_buffer('pos_embed', sine_pos_embed(num_pos, embed_dim, **dd), persistent=False)
+        else:
+            self.pos_embed = None
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+
+        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth, device='cpu')]
+        self.blocks = nn.Sequential(*[
+            Block(
+                embed_dim, num_heads, mlp_ratio,
+                proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i],
+                act_layer=act_layer, norm_layer=norm_layer, **dd,
+            )
+            for i in range(depth)
+        ])
+        reduction = self.tokenizer.reduction
+        self.feature_info = [
+            dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=reduction) for i in range(depth)]
+        self.norm = norm_layer(embed_dim, **dd)
+        self.seq_pool = SeqPool(embed_dim, **dd) if global_pool == 'seq' else None
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+        self.init_weights()
+
+    # -- initialisation ---------------------------------------------------------------------------
+
+    def init_weights(self) -> None:
+        """Official init: Linear trunc-normal(0.02), conv Kaiming-normal, learnable position
+        embedding trunc-normal(0.2), class token zeros; the sine table is regenerated."""
+        self.apply(_init_weights)
+        if self.pos_embed_type == 'learnable':
+            trunc_normal_(self.pos_embed, std=0.2)
+        elif self.pos_embed_type == 'sine':
+            self.pos_embed.copy_(sine_pos_embed(self.pos_embed.shape[1], self.embed_dim, device=self.pos_embed.device))
+        if self.cls_token is not None:
+            nn.init.zeros_(self.cls_token)
+
+    # -- timm model API -------------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {name for name in ('pos_embed', 'cls_token') if isinstance(getattr(self, name), nn.Parameter)}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^cls_token|^pos_embed|^tokenizer',
+            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier (0 removes it); optionally change the pooling."""
+        ref = next(self.parameters())
+        dd = {'device': ref.device, 'dtype': ref.dtype}
+        if global_pool is not None:
+            _check_choice('global_pool', global_pool, GLOBAL_POOLS)
+            if global_pool == 'token' and self.cls_token is None:
+                raise ValueError("global_pool='token' needs a class token; this model has none.")
+            if global_pool == 'seq' and self.seq_pool is None:
+                self.seq_pool = SeqPool(self.embed_dim, **dd).train(self.training)
+                self.seq_pool.apply(_init_weights)
+            elif global_pool != 'seq':
+                self.seq_pool = None
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
+
+    def set_input_size(self, img_size: Union[int, Tuple[int, int]]) -> None:
+        """Rebuild the position embedding for a new input size (learnable: resampled; sine: regenerated)."""
+        self.img_size = _pair(img_size)
+        self.feat_size, old_size = self.tokenizer.feat_size(self.img_size), self.feat_size
+        if self.pos_embed_type == 'learnable':
+            requires_grad = self.pos_embed.requires_grad
+            self.pos_embed = nn.Parameter(
+                resample_pos_embed(self.pos_embed.detach(), self.feat_size, old_size, self.num_prefix_tokens),
+                requires_grad=requires_grad,
+            )
+        elif self.pos_embed_type == 'sine':
+            num_pos = self.feat_size[0] * self.feat_size[1] + self.num_prefix_tokens
+            self.pos_embed = sine_pos_embed(num_pos, self.embed_dim, self.pos_embed.device, self.pos_embed.dtype)
+
+    # -- forward --------------------------------------------------------------------------------
+
+    def _fixed_size(self) -> Optional[List[int]]:
+        if self.dynamic_img_size or self.pos_embed is None:
+            return None
+        return [self.img_size[0], self.img_size[1]]
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Image -> position-embedded tokens (B, prefix + h * w, D)."""
+        check_image_input(x, self.in_chans, self.tokenizer.min_size, self._fixed_size())
+        x = self.tokenizer(x)
+        grid = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.pos_embed is not None:
+            pos = self.pos_embed
+            if self.dynamic_img_size and x.shape[1] != pos.shape[1]:
+                if self.pos_embed_type == 'sine':
+                    pos = sine_pos_embed(x.shape[1], self.embed_dim, pos.device, pos.dtype)
+                else:
+                    pos = resample_pos_embed(pos, [grid[0], grid[1]], self.feat_size, self.num_prefix_tokens)
+            x = x + pos
+        return self.pos_drop(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image -> normalised tokens (B, N, D), class token first for ViT-Lite."""
+        x = self._embed(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, N, D) -> pooled features (B, D) by ``global_pool``; unchanged for ''."""
+        if self.seq_pool is not None:
+            return self.seq_pool(x)
+        if self.global_pool == 'token':
+            return x[:, 0]
+        if self.global_pool == 'avg':
+            return x[:, self.num_prefix_tokens:].mean(dim=1)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(self.pool(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward that also returns the outputs of the blocks chosen by ``indices``.
+
+        Args:
+            x: Image batch (B, C, H, W).
+            indices: Last n blocks if int, all if None, these blocks if a list (negative from the end).
+            return_prefix_tokens: Also return the class token of each intermediate (ViT-Lite).
+            norm: Apply the final norm to the intermediates.
+            stop_early: Stop after the last block needed.
+            output_fmt: 'NCHW' (token grid as feature map) or 'NLC' (token sequence).
+            intermediates_only: Return only the intermediates.
+        """
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"Unknown output_fmt={output_fmt!r}; expected 'NCHW' or 'NLC'.")
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        B, _, height, width = x.shape
+        grid = self.tokenizer.feat_size((height, width))
+        x = self._embed(x)
+        if torch.jit.is_scripting() or not stop_early:
+            blocks = self.blocks
+        else:
+            blocks = self.blocks[:max_index + 1]
+        for i, blk in enumerate(blocks):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x)
+            else:
+                x = blk(x)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+
+        prefix_tokens = [y[:, :self.num_prefix_tokens] for y in intermediates]
+        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
+        if output_fmt == 'NCHW':
+            intermediates = [
+                y.reshape(B, grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if not torch.jit.is_scripting() and return_prefix_tokens and self.num_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix_tokens))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks (and optionally norm and head) not needed for ``indices``."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    @torch.jit.ignore
+    def seq_pool_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """SeqPool weight of every image token, as a (B, h, w) map over the token grid.
+
+        Each map sums to one; it shows where the model looks when it pools the sequence.
+        """
+        if self.seq_pool is None:
+            raise ValueError(f"This model pools with global_pool={self.global_pool!r}, not 'seq'; it has no SeqPool.")
+        grid = self.tokenizer.feat_size((x.shape[-2], x.shape[-1]))
+        tokens = self.forward_features(x)
+        weights = self.seq_pool.weights(tokens)[:, self.num_prefix_tokens:]
+        return weights.reshape(x.shape[0], grid[0], grid[1])
+
+
+def _pair(size: Union[int, Tuple[int, int], List[int]]) -> Tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    if len(size) != 2:
+        raise ValueError(f'img_size must be an int or (height, width), got {size!r}.')
+    return int(size[0]), int(size[1])
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight)
+
+
+def resample_pos_embed(
+        pos_embed: torch.Tensor,
+        new_size: List[int],
+        old_size: Optional[List[int]] = None,
+        num_prefix_tokens: int = 0,
+) -> torch.Tensor:
+    """Bilinear resize of a learnable position embedding on its token grid (as the official code does)."""
+    return resample_abs_pos_embed(
+        pos_embed, new_size=list(new_size), old_size=None if old_size is None else list(old_size),
+        num_prefix_tokens=num_prefix_tokens, interpolation='bilinear', antialias=False,
+    )
+
+
+# official key -> our key
+_OFFICIAL_KEYS = [
+    (r'^tokenizer\.conv_layers\.(\d+)\.0\.', r'tokenizer.layers.\1.conv.'),
+    (r'^classifier\.positional_emb$', 'pos_embed'),
+    (r'^classifier\.class_emb$', 'cls_token'),
+    (r'^classifier\.attention_pool\.', 'seq_pool.attn.'),
+    (r'^classifier\.blocks\.(\d+)\.pre_norm\.', r'blocks.\1.norm1.'),
+    (r'^classifier\.blocks\.(\d+)\.self_attn\.', r'blocks.\1.attn.'),
+    (r'^classifier\.blocks\.(\d+)\.norm1\.', r'blocks.\1.norm2.'),
+    (r'^classifier\.blocks\.(\d+)\.linear1\.', r'blocks.\1.mlp.fc1.'),
+    (r'^classifier\.blocks\.(\d+)\.linear2\.', r'blocks.\1.mlp.fc2.'),
+    (r'^classifier\.norm\.', 'norm.'),
+    (r'^classifier\.fc\.', 'head.'),
+]
+
+
+def _official_to_timm_key(key: str) -> str:
+    for pattern, repl in _OFFICIAL_KEYS:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return key
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CompactTransformer) -> Dict[str, torch.Tensor]:
+    """Convert an official (or our own) state dict for ``model``.
+
+    Renames official keys, strips a DDP ``module.`` prefix, drops a stored sine table (the model
+    regenerates it; a table that is not the sine table is refused), and resamples a learnable
+    position embedding of another grid size bilinearly.
+    """
+    if 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
+        state_dict = state_dict['state_dict']
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith('module.'):
+            key = key[len('module.'):]
+        out[_official_to_timm_key(key)] = value
+
+    pos = out.get('pos_embed')
+    if pos is not None and model.pos_embed_type == 'sine':
+        out.pop('pos_embed')
+        expected = sine_pos_embed(pos.shape[1], pos.shape[-1])
+        if pos.shape[-1] != model.embed_dim or not torch.allclose(pos.float(), expected, atol=1e-4):
+            raise ValueError(
+                'The checkpoint holds a learned position embedding, but the model uses the frozen sine table '
+                '(pos_embed="sine"); load it into the learnable variant (the model name without "_sine").')
+    elif pos is not None and model.pos_embed_type == 'learnable' and pos.shape != model.pos_embed.shape:
+        out['pos_embed'] = resample_pos_embed(pos, model.feat_size, None, model.num_prefix_tokens)
+    return out
+
+
+def create_compact_transformer(variant: str, pretrained: bool = False, **kwargs) -> CompactTransformer:
+    """Build a registered variant through timm's builder (pretrained cfg, filter, features_only)."""
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_model_with_cfg(
+        CompactTransformer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )

@@ -1,0 +1,187 @@
+"""Building blocks of the Compact Transformers: tokenizer, transformer block, SeqPool, sine table."""
+import math
+from typing import List, Optional, Tuple, Type
+
+import torch
+import torch.nn as nn
+
+from timm.layers import Attention, DropPath, Mlp, register_notrace_function
+
+__all__ = ['Tokenizer', 'Block', 'SeqPool', 'sine_pos_embed', 'check_image_input']
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class TokenizerLayer(nn.Module):
+    """Conv2d, optionally followed by ReLU and MaxPool(3, 2, 1)."""
+
+    def __init__(
+            self,
+            in_chans: int,
+            out_chans: int,
+            kernel_size: int,
+            stride: int,
+            padding: int,
+            bias: bool,
+            act_pool: bool,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_chans, out_chans, kernel_size, stride=stride, padding=padding, bias=bias, device=device, dtype=dtype)
+        self.act = nn.ReLU(inplace=True) if act_pool else nn.Identity()
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1) if act_pool else nn.Identity()
+        self.act_pool = act_pool
+
+    def out_size(self, size: int) -> int:
+        k, s, p = self.conv.kernel_size[0], self.conv.stride[0], self.conv.padding[0]
+        size = _conv_out(size, k, s, p)
+        return _conv_out(size, 3, 2, 1) if self.act_pool else size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.act(self.conv(x)))
+
+
+class Tokenizer(nn.Module):
+    """Image to token grid.
+
+    CCT: ``num_layers`` x [Conv (no bias) -> ReLU -> MaxPool], widths in_chans -> hidden_chans ... -> embed_dim.
+    CVT and ViT-Lite: one k x k stride-k Conv2d with bias (a patch embedding).
+    """
+
+    def __init__(
+            self,
+            in_chans: int,
+            embed_dim: int,
+            kernel_size: int,
+            stride: int,
+            padding: int,
+            num_layers: int = 1,
+            hidden_chans: int = 64,
+            bias: bool = False,
+            act_pool: bool = True,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        chans = [in_chans] + [hidden_chans] * (num_layers - 1) + [embed_dim]
+        self.layers = nn.Sequential(*[
+            TokenizerLayer(chans[i], chans[i + 1], kernel_size, stride, padding, bias, act_pool, device, dtype)
+            for i in range(num_layers)
+        ])
+        self.reduction = (stride * (2 if act_pool else 1)) ** num_layers
+        self.min_size = self._min_size()
+
+    def feat_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
+        """Token grid (rows, cols) for an image of ``img_size`` (height, width)."""
+        h, w = img_size
+        for layer in self.layers:
+            h, w = layer.out_size(h), layer.out_size(w)
+        return h, w
+
+    def _min_size(self) -> int:
+        size = 1
+        while self.feat_size((size, size))[0] < 1:
+            size += 1
+        return size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) image -> (B, D, h, w) token grid."""
+        return self.layers(x)
+
+
+class Block(nn.Module):
+    """Transformer block with the official layout.
+
+    ``x = x + drop_path(attn(norm1(x)))``, then ``x = norm2(x)`` on the residual stream itself,
+    then ``x = x + drop_path(mlp(x))``. Every official checkpoint depends on this post-attention norm.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            mlp_ratio: float = 2.,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            act_layer: Type[nn.Module] = nn.GELU,
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.norm1 = norm_layer(dim, **dd)
+        self.attn = Attention(
+            dim, num_heads=num_heads, qkv_bias=False, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm2(x + self.drop_path1(self.attn(self.norm1(x))))
+        return x + self.drop_path2(self.mlp(x))
+
+
+class SeqPool(nn.Module):
+    """Attention-based sequence pooling: ``softmax(Linear(D, 1)(x), dim=1)^T @ x``."""
+
+    def __init__(self, dim: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.attn = nn.Linear(dim, 1, device=device, dtype=dtype)
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooling weight of each token, (B, N, D) -> (B, N); sums to one over N."""
+        return self.attn(x).softmax(dim=1).squeeze(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.attn(x).softmax(dim=1).transpose(-1, -2) @ x).squeeze(-2)
+
+
+def sine_pos_embed(
+        num_tokens: int,
+        dim: int,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """The official 1-D sinusoidal table over flattened tokens, (1, num_tokens, dim).
+
+    ``angle[p, i] = p / 10000 ** (2 * (i // 2) / dim)``; sine on even channels, cosine on odd ones.
+    """
+    pos = torch.arange(num_tokens, dtype=torch.float64, device=device).unsqueeze(1)
+    exponent = (2 * (torch.arange(dim, device=device) // 2)).to(torch.float64) / dim
+    angle = pos / torch.pow(torch.full_like(exponent, 10000.), exponent)
+    angle = angle.to(torch.float32)
+    table = torch.empty_like(angle)
+    table[:, 0::2] = angle[:, 0::2].sin()
+    table[:, 1::2] = angle[:, 1::2].cos()
+    return table.unsqueeze(0).to(dtype if dtype is not None else torch.float32)
+
+
+@register_notrace_function
+def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, fixed_size: Optional[List[int]]) -> None:
+    """Raise a clear error for input the model cannot take (shape, dtype, channels, size)."""
+    if x.dim() != 4:
+        raise ValueError(f'Expected a 4-D image batch (B, C, H, W), got a tensor of shape {list(x.shape)}.')
+    if not x.is_floating_point():
+        raise TypeError(
+            f'Expected a floating point image tensor, got dtype {x.dtype}; '
+            f'convert with x.float() (and normalise) first.')
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f'Expected {in_chans} input channels, got {x.shape[1]} (input shape {list(x.shape)}); '
+            f'create the model with in_chans={x.shape[1]} to change it.')
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(
+            f'Input of {x.shape[2]}x{x.shape[3]} is too small for the tokenizer, '
+            f'which needs at least {min_size}x{min_size}.')
+    if fixed_size is not None and (x.shape[2] != fixed_size[0] or x.shape[3] != fixed_size[1]):
+        raise ValueError(
+            f'Model was built for {fixed_size[0]}x{fixed_size[1]} inputs, got {x.shape[2]}x{x.shape[3]}; '
+            f'create it with img_size=({x.shape[2]}, {x.shape[3]}) or dynamic_img_size=True, '
+            f'or call set_input_size().')
