@@ -439,7 +439,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CompactTran
 
 def create_compact_transformer(variant: str, pretrained: bool = False, **kwargs) -> CompactTransformer:
     """Build a registered variant through timm's builder (pretrained cfg, filter, features_only)."""
-    out_indices = kwargs.pop('out_indices', 3)
+    out_indices = kwargs.pop('out_indices', min(3, kwargs.get('depth', 3)))  # last 3 blocks
     return build_model_with_cfg(
         CompactTransformer,
         variant,

@@ -123,31 +123,37 @@ _SIZES = {
 }
 
 
-def _cct(variant: str, pretrained: bool, depth: int, kernel_size: int, conv_layers: int, img_size: int,
-         num_classes: int, pos_embed: str = 'learnable', **kwargs) -> CompactTransformer:
-    model_args = dict(
-        depth=depth, **_SIZES[depth], kernel_size=kernel_size, tokenizer_layers=conv_layers,
-        img_size=img_size, num_classes=num_classes, pos_embed=pos_embed, global_pool='seq',
-    )
+def _create(variant: str, pretrained: bool, model_args: Dict[str, Any], **kwargs) -> CompactTransformer:
     return create_compact_transformer(variant, pretrained, **dict(model_args, **kwargs))
 
 
-def _cvt(variant: str, pretrained: bool, depth: int, patch_size: int, pos_embed: str = 'learnable',
-         **kwargs) -> CompactTransformer:
+def _cct(variant: str, pretrained: bool, depth: int, kernel: int, conv_layers: int, size: int, classes: int,
+         pe: str = 'learnable', **kwargs) -> CompactTransformer:
+    """CCT: convolutional tokenizer of ``conv_layers`` [kernel x kernel conv, ReLU, max-pool], SeqPool."""
     model_args = dict(
-        depth=depth, **_SIZES[depth], kernel_size=patch_size, conv_tokenizer=False,
-        img_size=32, num_classes=10, pos_embed=pos_embed, global_pool='seq',
+        depth=depth, **_SIZES[depth], kernel_size=kernel, tokenizer_layers=conv_layers,
+        img_size=size, num_classes=classes, pos_embed=pe, global_pool='seq',
     )
-    return create_compact_transformer(variant, pretrained, **dict(model_args, **kwargs))
+    return _create(variant, pretrained, model_args, **kwargs)
 
 
-def _vit_lite(variant: str, pretrained: bool, depth: int, patch_size: int, pos_embed: str = 'learnable',
+def _cvt(variant: str, pretrained: bool, depth: int, patch: int, pe: str = 'learnable', **kwargs) -> CompactTransformer:
+    """CVT: patch tokenizer, SeqPool."""
+    model_args = dict(
+        depth=depth, **_SIZES[depth], kernel_size=patch, conv_tokenizer=False,
+        img_size=32, num_classes=10, pos_embed=pe, global_pool='seq',
+    )
+    return _create(variant, pretrained, model_args, **kwargs)
+
+
+def _vit_lite(variant: str, pretrained: bool, depth: int, patch: int, pe: str = 'learnable',
               **kwargs) -> CompactTransformer:
+    """ViT-Lite: patch tokenizer, class token."""
     model_args = dict(
-        depth=depth, **_SIZES[depth], kernel_size=patch_size, conv_tokenizer=False, class_token=True,
-        img_size=32, num_classes=10, pos_embed=pos_embed, global_pool='token',
+        depth=depth, **_SIZES[depth], kernel_size=patch, conv_tokenizer=False, class_token=True,
+        img_size=32, num_classes=10, pos_embed=pe, global_pool='token',
     )
-    return create_compact_transformer(variant, pretrained, **dict(model_args, **kwargs))
+    return _create(variant, pretrained, model_args, **kwargs)
 
 
 @register_model
