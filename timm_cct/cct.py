@@ -8,6 +8,8 @@ The three families differ only in configuration:
 - CVT: patch tokenizer + SeqPool (attention-based sequence pooling).
 - CCT: convolutional tokenizer ([conv -> ReLU -> max-pool] x n) + SeqPool.
 """
+import difflib
+import inspect
 import re
 from functools import partial
 from typing import Any, Dict, List, Optional, Set, Tuple, Type, Union
@@ -31,6 +33,30 @@ GLOBAL_POOLS = ('seq', 'token', 'avg', '')
 def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f'Unknown {name}={value!r}; expected one of {list(choices)}.')
+
+
+def _check_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f'Expected {name} to be an int, got {type(value).__name__} {value!r}.')
+    if value < minimum:
+        raise ValueError(f'Expected {name} >= {minimum}, got {value}.')
+
+
+def _check_min_size(img_size: Tuple[int, int], min_size: int) -> None:
+    if min(img_size) < min_size:
+        raise ValueError(f'img_size={img_size} is too small for the tokenizer, which needs at least '
+                         f'{min_size}x{min_size}.')
+
+
+def _check_unknown_kwargs(cls: type, kwargs: Dict[str, Any]) -> None:
+    """Refuse unknown constructor arguments, naming the accepted ones (and a close match)."""
+    if not kwargs:
+        return
+    accepted = [n for n in inspect.signature(cls.__init__).parameters if n not in ('self', 'kwargs')]
+    hints = [f'{k!r} -> {m[0]!r}' for k in kwargs for m in [difflib.get_close_matches(k, accepted, 1)] if m]
+    raise TypeError(
+        f'{cls.__name__} got unknown argument(s) {sorted(kwargs)}; expected some of {accepted}'
+        + (f' (did you mean {", ".join(hints)}?)' if hints else '') + '.')
 
 
 class CompactTransformer(nn.Module):
@@ -64,6 +90,7 @@ class CompactTransformer(nn.Module):
             norm_layer: Optional[Type[nn.Module]] = None,
             device=None,
             dtype=None,
+            **kwargs,
     ) -> None:
         """
         Args:
@@ -93,6 +120,14 @@ class CompactTransformer(nn.Module):
             norm_layer: Normalization layer (default LayerNorm, eps 1e-5).
         """
         super().__init__()
+        _check_unknown_kwargs(type(self), kwargs)
+        for name, value, minimum in (('in_chans', in_chans, 1), ('num_classes', num_classes, 0),
+                                     ('embed_dim', embed_dim, 1), ('depth', depth, 0), ('num_heads', num_heads, 1),
+                                     ('kernel_size', kernel_size, 1), ('tokenizer_layers', tokenizer_layers, 1)):
+            _check_int(name, value, minimum)
+        if embed_dim % num_heads:
+            raise ValueError(f'Expected embed_dim divisible by num_heads, got embed_dim={embed_dim}, '
+                             f'num_heads={num_heads}.')
         _check_choice('pos_embed', pos_embed, POS_EMBEDS)
         _check_choice('global_pool', global_pool, GLOBAL_POOLS)
         if global_pool == 'token' and not class_token:
@@ -125,6 +160,7 @@ class CompactTransformer(nn.Module):
             act_pool=conv_tokenizer,
             **dd,
         )
+        _check_min_size(self.img_size, self.tokenizer.min_size)
         self.feat_size = self.tokenizer.feat_size(self.img_size)
         num_pos = self.feat_size[0] * self.feat_size[1] + self.num_prefix_tokens
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd)) if class_token else None
@@ -209,6 +245,7 @@ class CompactTransformer(nn.Module):
 
     def set_input_size(self, img_size: Union[int, Tuple[int, int]]) -> None:
         """Rebuild the position embedding for a new input size (learnable: resampled; sine: regenerated)."""
+        _check_min_size(_pair(img_size), self.tokenizer.min_size)
         self.img_size = _pair(img_size)
         self.feat_size, old_size = self.tokenizer.feat_size(self.img_size), self.feat_size
         if self.pos_embed_type == 'learnable':
@@ -238,7 +275,7 @@ class CompactTransformer(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if self.pos_embed is not None:
             pos = self.pos_embed
-            if self.dynamic_img_size and x.shape[1] != pos.shape[1]:
+            if self.dynamic_img_size and (grid[0] != self.feat_size[0] or grid[1] != self.feat_size[1]):
                 if self.pos_embed_type == 'sine':
                     pos = sine_pos_embed(x.shape[1], self.embed_dim, pos.device, pos.dtype)
                 else:
@@ -297,6 +334,7 @@ class CompactTransformer(nn.Module):
             raise ValueError(f"Unknown output_fmt={output_fmt!r}; expected 'NCHW' or 'NLC'.")
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        check_image_input(x, self.in_chans, self.tokenizer.min_size, self._fixed_size())
         B, _, height, width = x.shape
         grid = self.tokenizer.feat_size((height, width))
         x = self._embed(x)
@@ -346,18 +384,19 @@ class CompactTransformer(nn.Module):
         """
         if self.seq_pool is None:
             raise ValueError(f"This model pools with global_pool={self.global_pool!r}, not 'seq'; it has no SeqPool.")
-        grid = self.tokenizer.feat_size((x.shape[-2], x.shape[-1]))
         tokens = self.forward_features(x)
+        grid = self.tokenizer.feat_size((x.shape[-2], x.shape[-1]))
         weights = self.seq_pool.weights(tokens)[:, self.num_prefix_tokens:]
         return weights.reshape(x.shape[0], grid[0], grid[1])
 
 
 def _pair(size: Union[int, Tuple[int, int], List[int]]) -> Tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    if len(size) != 2:
-        raise ValueError(f'img_size must be an int or (height, width), got {size!r}.')
-    return int(size[0]), int(size[1])
+    sizes = [size, size] if not isinstance(size, (tuple, list)) else list(size)
+    if len(sizes) != 2:
+        raise ValueError(f'Expected img_size as an int or (height, width), got {size!r}.')
+    if any(isinstance(s, bool) or not hasattr(s, '__index__') for s in sizes):
+        raise TypeError(f'Expected img_size as an int or (height, width) ints, got {size!r}.')
+    return int(sizes[0]), int(sizes[1])
 
 
 def _init_weights(module: nn.Module) -> None:

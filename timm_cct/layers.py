@@ -165,7 +165,12 @@ def sine_pos_embed(
 
 @register_notrace_function
 def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, fixed_size: Optional[List[int]]) -> None:
-    """Raise a clear error for input the model cannot take (shape, dtype, channels, size)."""
+    """Raise a clear error for input the model cannot take (type, shape, dtype, channels, size).
+
+    ``fixed_size`` is the (height, width) a model without a dynamic size was built for, else None.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f'Expected a torch.Tensor image batch (B, C, H, W), got {type(x).__name__}.')
     if x.dim() != 4:
         raise ValueError(f'Expected a 4-D image batch (B, C, H, W), got a tensor of shape {list(x.shape)}.')
     if not x.is_floating_point():
