@@ -2,6 +2,7 @@
 from .cct import CompactTransformer, checkpoint_filter_fn, create_compact_transformer
 from .layers import Block, SeqPool, Tokenizer, sine_pos_embed
 from . import variants
+from .visualize import plot_seqpool_attention, seqpool_attention
 from .recipes import fix_timm_posterize
 
 fix_timm_posterize()  # RandAugment of the recipes can keep 0 bits, which Pillow >= 13 refuses
