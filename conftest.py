@@ -26,6 +26,19 @@ SKIPPED = {
 # in tests/test_timm_suite.py.
 TOKEN_OUTPUT_REASON = ("forward_features returns tokens (B, N, D) like timm's vit_*, so timm's non-standard "
                        "cfg test applies; it runs in tests/test_timm_suite.py")
+SHALLOW_REASON = ("a depth-2 model has 2 blocks, so 2 feature levels, and this test asks for at least 3; "
+                  "features_only of depth-2 models is tested in tests/test_model_api.py")
+
+
+def pytest_configure(config):
+    for marker in ('base', 'cfg', 'cfg_nonstd', 'forward', 'backward', 'torchscript', 'features',
+                   'fxforward', 'fxbackward'):
+        config.addinivalue_line('markers', f"{marker}: timm's model-suite marker")
+
+
+def _depth(model_name: str) -> int:
+    """Depth from the name: cct_<depth>_..., cvt_<depth>_..., vit_lite_<depth>_..."""
+    return int(model_name.split('_')[2 if model_name.startswith('vit_lite_') else 1])
 
 
 def _ours(model_name: str) -> bool:
@@ -50,6 +63,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=SKIPPED[test]))
         elif test == 'test_model_default_cfgs':
             item.add_marker(pytest.mark.skip(reason=TOKEN_OUTPUT_REASON))
+        elif test == 'test_model_forward_features' and _depth(model_name) < 3:
+            item.add_marker(pytest.mark.skip(reason=SHALLOW_REASON))
         keep.append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
