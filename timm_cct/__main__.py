@@ -18,11 +18,42 @@ from typing import List, Optional
 import timm_cct  # noqa: F401  (registers the models)
 from timm_cct.recipes import config_path, list_configs
 
-def run_script(script: str, args: List[str]) -> None:
-    """Run ``script`` as ``__main__`` with ``sys.argv = [script, *args]``."""
+def check_script(script: str) -> Path:
+    """The path of ``script``; ValueError when it is not a file."""
     path = Path(script)
     if not path.is_file():
         raise ValueError(f'Expected the path of a Python script (e.g. timm\'s train.py), got {script!r}: no such file.')
+    return path
+
+
+def allow_cpu_ddp() -> None:
+    """Let ``DistributedDataParallel`` take ``device_ids=[cpu device]``, as timm's train.py passes on CPU.
+
+    torch refuses device ids for CPU modules; dropping them is what DDP does for CPU anyway, so
+    ``torchrun -m timm_cct train.py --device cpu`` (gloo) runs. Other devices are untouched.
+    """
+    import torch
+    import torch.nn.parallel as parallel
+    ddp = parallel.DistributedDataParallel
+    if getattr(ddp, '_drops_cpu_device_ids', False):
+        return
+
+    class CpuDeviceIdsDDP(ddp):
+        _drops_cpu_device_ids = True
+
+        def __init__(self, module, device_ids=None, *args, **kwargs):
+            if device_ids and all(torch.device(d).type == 'cpu' for d in device_ids):
+                device_ids = None
+            super().__init__(module, device_ids, *args, **kwargs)
+
+    CpuDeviceIdsDDP.__name__ = CpuDeviceIdsDDP.__qualname__ = ddp.__name__
+    parallel.DistributedDataParallel = CpuDeviceIdsDDP
+
+
+def run_script(script: str, args: List[str]) -> None:
+    """Run ``script`` as ``__main__`` with ``sys.argv = [script, *args]``."""
+    path = check_script(script)
+    allow_cpu_ddp()
     argv, script_dir = sys.argv, str(path.resolve().parent)
     sys.argv = [str(path), *args]
     sys.path.insert(0, script_dir)  # as `python script.py` does
@@ -48,16 +79,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not argv or argv[0] in ('-h', '--help'):
         print(__doc__)
         return 0 if argv else 2
-    if argv[0] == 'configs':
-        print_configs(argv[1:])
-    else:
-        run_script(argv[0], argv[1:])
+    try:
+        if argv[0] == 'configs':
+            print_configs(argv[1:])
+            return 0
+        check_script(argv[0])
+    except ValueError as e:
+        print(f'python -m timm_cct: error: {e}', file=sys.stderr)
+        return 2
+    run_script(argv[0], argv[1:])
     return 0
 
 
 if __name__ == '__main__':
-    try:
-        sys.exit(main())
-    except ValueError as e:
-        print(f'python -m timm_cct: error: {e}', file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())
