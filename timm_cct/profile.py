@@ -1,0 +1,93 @@
+"""Parameters and multiply-accumulates (MACs) of every model, with and without the attention matrix products.
+
+The paper's MAC counts leave out the attention matrix products (Q @ K^T and attn @ V); both are reported here.
+Counted with ``torch.utils.flop_counter.FlopCounterMode`` (1 MAC = 2 FLOPs) on one image at the model's input size.
+
+    python -m timm_cct.profile            # Markdown table of all models
+    python -m timm_cct.profile --csv out.csv
+"""
+import argparse
+import csv
+import sys
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import timm
+
+_ATTENTION_OPS = ('scaled_dot_product',)
+
+
+@dataclass
+class ModelCost:
+    name: str
+    input_size: Tuple[int, int, int]
+    params: int
+    macs: int
+    attn_macs: int
+
+    @property
+    def macs_without_attn(self) -> int:
+        return self.macs - self.attn_macs
+
+
+def model_cost(model: torch.nn.Module, input_size: Optional[Sequence[int]] = None, name: str = '') -> ModelCost:
+    """Count parameters and MACs of ``model`` for one image of ``input_size`` (C, H, W; default: its cfg)."""
+    input_size = tuple(input_size or model.pretrained_cfg['input_size'])
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *input_size))
+    model.train(was_training)
+    flops = counter.get_flop_counts()['Global']
+    attn = sum(n for op, n in flops.items() if any(k in str(op) for k in _ATTENTION_OPS))
+    return ModelCost(
+        name=name or model.pretrained_cfg.get('architecture', type(model).__name__),
+        input_size=input_size,
+        params=sum(p.numel() for p in model.parameters()),
+        macs=counter.get_total_flops() // 2,
+        attn_macs=attn // 2,
+    )
+
+
+def all_costs(patterns: Sequence[str] = ('cct_*', 'cvt_*', 'vit_lite_*')) -> List[ModelCost]:
+    import timm_cct  # noqa: F401  (registers the models)
+    costs = []
+    for name in timm.list_models(list(patterns)):
+        with torch.device('cpu'):
+            costs.append(model_cost(timm.create_model(name), name=name))
+    return costs
+
+
+def markdown_table(costs: Sequence[ModelCost]) -> str:
+    lines = [
+        '| model | input | params (M) | GMACs | GMACs w/o attention matrices |',
+        '|---|---|---:|---:|---:|',
+    ]
+    for c in costs:
+        lines.append(
+            f'| {c.name} | {c.input_size[1]}x{c.input_size[2]} | {c.params / 1e6:.2f} | '
+            f'{c.macs / 1e9:.3f} | {c.macs_without_attn / 1e9:.3f} |')
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('patterns', nargs='*', default=['cct_*', 'cvt_*', 'vit_lite_*'])
+    parser.add_argument('--csv', help='also write the figures to this CSV file')
+    args = parser.parse_args(argv)
+    costs = all_costs(args.patterns)
+    print(markdown_table(costs))
+    if args.csv:
+        with open(args.csv, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=[*asdict(costs[0]), 'macs_without_attn'])
+            writer.writeheader()
+            for c in costs:
+                writer.writerow({**asdict(c), 'macs_without_attn': c.macs_without_attn})
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
