@@ -19,10 +19,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from timm.layers import resample_abs_pos_embed, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
 from .layers import Block, SeqPool, Tokenizer, check_image_input, sine_pos_embed
+from .loading import checked_filter, read_pretrained
 
 __all__ = ['CompactTransformer', 'checkpoint_filter_fn']
 
@@ -466,24 +467,56 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CompactTran
     pos = out.get('pos_embed')
     if pos is not None and model.pos_embed_type == 'sine':
         out.pop('pos_embed')
-        expected = sine_pos_embed(pos.shape[1], pos.shape[-1])
-        if pos.shape[-1] != model.embed_dim or not torch.allclose(pos.float(), expected, atol=1e-4):
+        expected = sine_pos_embed(pos.shape[1], pos.shape[-1]) if pos.dim() == 3 else None
+        if (expected is None or pos.shape[-1] != model.embed_dim
+                or not torch.allclose(pos.float(), expected, atol=1e-4)):
             raise ValueError(
                 'The checkpoint holds a learned position embedding, but the model uses the frozen sine table '
                 '(pos_embed="sine"); load it into the learnable variant (the model name without "_sine").')
-    elif pos is not None and model.pos_embed_type == 'learnable' and pos.shape != model.pos_embed.shape:
+    elif (pos is not None and model.pos_embed_type == 'learnable' and pos.shape != model.pos_embed.shape
+          and _resampleable(pos, model)):
         out['pos_embed'] = resample_pos_embed(pos, model.feat_size, None, model.num_prefix_tokens)
     return out
 
 
+def _resampleable(pos: torch.Tensor, model: CompactTransformer) -> bool:
+    """Whether a stored embedding is (1, prefix + n * n, embed_dim); any other shape is left for the
+    strict load to report as a mismatch."""
+    num_grid = pos.shape[1] - model.num_prefix_tokens if pos.dim() == 3 else -1
+    side = int(round(num_grid ** 0.5)) if num_grid > 0 else 0
+    return pos.dim() == 3 and pos.shape[0] == 1 and pos.shape[-1] == model.embed_dim and side * side == num_grid
+
+
 def create_compact_transformer(variant: str, pretrained: bool = False, **kwargs) -> CompactTransformer:
-    """Build a registered variant through timm's builder (pretrained cfg, filter, features_only)."""
-    out_indices = kwargs.pop('out_indices', min(3, kwargs.get('depth', 3)))  # last 3 blocks
-    return build_model_with_cfg(
+    """Build a registered variant through timm's builder (pretrained cfg, filter, features_only).
+
+    With ``pretrained=True`` the weights are read here (file, URL, Hub repository or local folder, with
+    errors that name the source and the ways out), converted by ``checkpoint_filter_fn`` and checked
+    against the model before timm loads them strictly; see ``timm_cct.loading``.
+    """
+    out_indices = kwargs.pop('out_indices', 3)
+    filter_fn = checkpoint_filter_fn
+    cfg = None
+    if pretrained:
+        cfg = resolve_pretrained_cfg(
+            variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay')).to_dict()
+        label, state_dict = read_pretrained(cfg, cache_dir=kwargs.get('cache_dir'))
+        filter_fn = checked_filter(checkpoint_filter_fn, label, cfg)
+        # hand the state dict already read to timm's loader (it then applies the filter, adapts the
+        # first conv / classifier and loads strictly); the source fields are restored below
+        kwargs['pretrained_cfg_overlay'] = dict(
+            kwargs.get('pretrained_cfg_overlay') or {}, state_dict=state_dict, source='')
+    model = build_model_with_cfg(
         CompactTransformer,
         variant,
         pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
+    if cfg is not None:
+        for module in model.modules():
+            module_cfg = getattr(module, 'pretrained_cfg', None)
+            if isinstance(module_cfg, dict):
+                module_cfg.update(state_dict=cfg.get('state_dict'), source=cfg.get('source'))
+    return model
