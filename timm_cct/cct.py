@@ -19,6 +19,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from timm.layers import resample_abs_pos_embed, trunc_normal_
+try:
+    from timm.layers import is_exporting
+except ImportError:  # timm releases without it
+    def is_exporting() -> bool:
+        return False
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
@@ -276,11 +281,11 @@ class CompactTransformer(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if self.pos_embed is not None:
             pos = self.pos_embed
-            if self.dynamic_img_size and (grid[0] != self.feat_size[0] or grid[1] != self.feat_size[1]):
-                if self.pos_embed_type == 'sine':
+            if self.dynamic_img_size and self.pos_embed_type == 'sine':
+                if is_exporting() or x.shape[1] != pos.shape[1]:  # no size test while exporting: keep H, W symbolic
                     pos = sine_pos_embed(x.shape[1], self.embed_dim, pos.device, pos.dtype)
-                else:
-                    pos = resample_pos_embed(pos, [grid[0], grid[1]], self.feat_size, self.num_prefix_tokens)
+            elif self.dynamic_img_size:  # returns the embedding itself at the built grid (outside export)
+                pos = resample_pos_embed(pos, [grid[0], grid[1]], self.feat_size, self.num_prefix_tokens)
             x = x + pos
         return self.pos_drop(x)
 
