@@ -149,9 +149,17 @@ def test_imagenet_384_finetune_builds_a_384_model_from_224_weights(tmp_path):
     assert model.pos_embed.shape == (1, 24 * 24, 384)
     official_conv = next(v for k, v in checkpoint.items() if k.endswith('conv_layers.0.0.weight'))
     assert torch.equal(model.tokenizer.layers[0].conv.weight, official_conv)
+    assert torch.equal(model.head.weight, checkpoint['classifier.fc.weight'])
     model.eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 384, 384)).shape == (1, 1000)
+
+    # train.py --pretrained-path FILE: num_classes=-1 in the cfg, a new head for the model's classes
+    model = timm.create_model(cfg['model'], pretrained=True, num_classes=102,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / 'cct_14_7x2_224.pth'), num_classes=-1),
+                              **cfg['model_kwargs'])
+    assert model.head.weight.shape == (102, 384) and model.pos_embed.shape == (1, 576, 384)
+    assert torch.equal(model.tokenizer.layers[0].conv.weight, official_conv)
 
 
 def test_flowers_finetune_has_a_schedule():

@@ -201,7 +201,8 @@ def check_state_dict(
     head_keys = {f'{classifier}.weight', f'{classifier}.bias'}
     cfg_classes = cfg.get('num_classes')
     head_weight = state_dict.get(f'{classifier}.weight')
-    if head_weight is not None and cfg_classes is not None and head_weight.shape[0] != cfg_classes:
+    # num_classes=-1 (train.py --pretrained-path): unknown, the checkpoint's head is replaced
+    if head_weight is not None and cfg_classes is not None and cfg_classes >= 0 and head_weight.shape[0] != cfg_classes:
         problems.append(
             f'its classifier has {head_weight.shape[0]} classes but the pretrained cfg says {cfg_classes}; '
             f'pass pretrained_cfg_overlay=dict(num_classes={head_weight.shape[0]}) if that is intended')
