@@ -109,7 +109,8 @@ def fixed_mixed_batch(image_folder, data_config) -> tuple:
 
 @pytest.mark.parametrize('name', MODELS)
 def test_train_checkpoint_resume(name, image_folder, tmp_path):
-    random.seed(0)
+    random.seed(0)  # RandAugment
+    np.random.seed(0)  # Mixup
     torch.manual_seed(0)
     model = create_like_train_py(name)
     data_config = resolve_data_config(train_py_args(), model=model)
