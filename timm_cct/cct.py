@@ -274,7 +274,8 @@ class CompactTransformer(nn.Module):
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> position-embedded tokens (B, prefix + h * w, D)."""
         check_image_input(x, self.in_chans, self.tokenizer.min_size, self._fixed_size())
-        x = self.tokenizer(x)
+        # channels-last: faster conv and max-pool on CPU, and the (B, D, h, w) -> (B, h * w, D) token view is contiguous
+        x = self.tokenizer(x.contiguous(memory_format=torch.channels_last))
         grid = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)
         if self.cls_token is not None:

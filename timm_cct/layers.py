@@ -4,10 +4,11 @@ from typing import List, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from timm.layers import Attention, DropPath, Mlp, register_notrace_function
+from timm.layers import DropPath, Mlp, register_notrace_function, use_fused_attn
 
-__all__ = ['Tokenizer', 'Block', 'SeqPool', 'sine_pos_embed', 'check_image_input']
+__all__ = ['Tokenizer', 'Attention', 'Block', 'SeqPool', 'sine_pos_embed', 'check_image_input']
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -42,7 +43,8 @@ class TokenizerLayer(nn.Module):
         return _conv_out(size, 3, 2, 1) if self.act_pool else size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.act(self.conv(x)))
+        # max-pool before ReLU: the same values (both are monotone), ReLU then runs on 4x fewer elements
+        return self.act(self.pool(self.conv(x)))
 
 
 class Tokenizer(nn.Module):
@@ -91,6 +93,49 @@ class Tokenizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) image -> (B, D, h, w) token grid."""
         return self.layers(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (parameters ``qkv`` without bias, ``proj`` with bias, as in timm's ``Attention``).
+
+    Runs ``F.scaled_dot_product_attention`` when timm's ``use_fused_attn()`` allows it. On CPU, SDPA has no fused
+    kernel with dropout and falls back to a slower math path, so training with attention dropout on CPU takes the
+    explicit path: ``softmax((q * scale) @ k^T)``, dropout, ``@ v``.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            qkv_bias: bool = False,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'dim={dim} must be divisible by num_heads={num_heads}.')
+        dd = {'device': device, 'dtype': dtype}
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.fused_attn = use_fused_attn()
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        dropout = self.attn_drop.p if self.training else 0.
+        if self.fused_attn and (dropout == 0. or x.device.type != 'cpu'):
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
 
 class Block(nn.Module):
