@@ -95,6 +95,22 @@ class Tokenizer(nn.Module):
         return self.layers(x)
 
 
+@register_notrace_function  # a leaf for FX: it branches on the device
+def attention(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        dropout_p: float,
+        scale: float,
+        fused: bool,
+) -> torch.Tensor:
+    """``softmax(q @ k^T * scale)`` with dropout, ``@ v``, for (B, heads, N, head_dim) inputs."""
+    if fused and (dropout_p == 0. or q.device.type != 'cpu'):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    attn = (q * scale) @ k.transpose(-2, -1)
+    return F.dropout(attn.softmax(dim=-1), dropout_p, training=dropout_p > 0.) @ v
+
+
 class Attention(nn.Module):
     """Multi-head self-attention (parameters ``qkv`` without bias, ``proj`` with bias, as in timm's ``Attention``).
 
@@ -129,12 +145,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        dropout = self.attn_drop.p if self.training else 0.
-        if self.fused_attn and (dropout == 0. or x.device.type != 'cpu'):
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+        x = attention(q, k, v, self.attn_drop.p if self.training else 0., self.scale, self.fused_attn)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
 
