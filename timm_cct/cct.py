@@ -500,7 +500,7 @@ def create_compact_transformer(variant: str, pretrained: bool = False, **kwargs)
     errors that name the source and the ways out), converted by ``checkpoint_filter_fn`` and checked
     against the model before timm loads them strictly; see ``timm_cct.loading``.
     """
-    out_indices = kwargs.pop('out_indices', 3)
+    out_indices = kwargs.pop('out_indices', min(3, kwargs.get('depth', 3)))  # the last 3 blocks
     filter_fn = checkpoint_filter_fn
     cfg = None
     if pretrained:
