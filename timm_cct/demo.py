@@ -56,7 +56,7 @@ IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # Defaults per setting; any option given on the command line wins.
 DIGITS_RECIPE = dict(
     models=['vit_lite_2_4_32', 'cvt_2_4_32', 'cct_2_3x2_32', CNN_BASELINE], seeds=[0, 1, 2],
-    epochs=12, img_size=16, batch_size=64, lr=2e-3, weight_decay=0.06, warmup_epochs=2, cooldown_epochs=0,
+    epochs=30, img_size=16, batch_size=64, lr=2e-3, weight_decay=0.06, warmup_epochs=2, cooldown_epochs=0,
     warmup_lr=1e-5, min_lr=1e-5, mixup=0.8, cutmix=1.0, mixup_prob=0.5, mixup_off_epoch=0, smoothing=0.1,
     aa='rand-m9-mstd0.5-inc1', hflip=0.0, scale=(0.8, 1.0), drop_path=0.1,
 )
