@@ -19,7 +19,6 @@ import csv
 import importlib
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -37,23 +36,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from matmul_peak import matmul_peak_gflops  # noqa: E402
+from timm_cct.cct import timm_to_official_key  # noqa: E402
 
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 IMPLS = ('official', 'vit-pytorch', 'ours')
-# our state-dict key -> official key (the inverse of timm_cct.cct's mapping), to give vit-pytorch our weights
-_TO_OFFICIAL = [
-    (r'^tokenizer\.layers\.(\d+)\.conv\.', r'tokenizer.conv_layers.\1.0.'),
-    (r'^pos_embed$', 'classifier.positional_emb'),
-    (r'^cls_token$', 'classifier.class_emb'),
-    (r'^seq_pool\.attn\.', 'classifier.attention_pool.'),
-    (r'^blocks\.(\d+)\.norm1\.', r'classifier.blocks.\1.pre_norm.'),
-    (r'^blocks\.(\d+)\.attn\.', r'classifier.blocks.\1.self_attn.'),
-    (r'^blocks\.(\d+)\.norm2\.', r'classifier.blocks.\1.norm1.'),
-    (r'^blocks\.(\d+)\.mlp\.fc1\.', r'classifier.blocks.\1.linear1.'),
-    (r'^blocks\.(\d+)\.mlp\.fc2\.', r'classifier.blocks.\1.linear2.'),
-    (r'^norm\.', 'classifier.norm.'),
-    (r'^head\.', 'classifier.fc.'),
-]
 
 
 @dataclass
@@ -76,14 +62,7 @@ def official_name(name: str) -> str:
 
 
 def to_official_keys(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state_dict.items():
-        for pattern, repl in _TO_OFFICIAL:
-            key, n = re.subn(pattern, repl, key)
-            if n:
-                break
-        out[key] = value
-    return out
+    return {timm_to_official_key(key): value for key, value in state_dict.items()}
 
 
 def build_ours(name: str) -> nn.Module:

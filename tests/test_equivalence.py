@@ -113,3 +113,10 @@ def test_against_official_source(seed, tmp_path):
         with torch.no_grad():
             out = model(inputs[VARIANTS[name]['img_size']])
         assert rel_error(out, reference[name]) < TOL, name
+
+
+def test_key_maps_are_inverse():
+    from timm_cct.cct import official_to_timm_key, timm_to_official_key
+    keys = {key for variant in VARIANTS.values() for key, _ in variant['keys']}
+    assert all(timm_to_official_key(official_to_timm_key(k)) == k for k in keys)
+    assert official_to_timm_key('classifier.blocks.12.norm1.bias') == 'blocks.12.norm2.bias'

@@ -431,28 +431,42 @@ def resample_pos_embed(
     )
 
 
-# official key -> our key
-_OFFICIAL_KEYS = [
-    (r'^tokenizer\.conv_layers\.(\d+)\.0\.', r'tokenizer.layers.\1.conv.'),
-    (r'^classifier\.positional_emb$', 'pos_embed'),
-    (r'^classifier\.class_emb$', 'cls_token'),
-    (r'^classifier\.attention_pool\.', 'seq_pool.attn.'),
-    (r'^classifier\.blocks\.(\d+)\.pre_norm\.', r'blocks.\1.norm1.'),
-    (r'^classifier\.blocks\.(\d+)\.self_attn\.', r'blocks.\1.attn.'),
-    (r'^classifier\.blocks\.(\d+)\.norm1\.', r'blocks.\1.norm2.'),
-    (r'^classifier\.blocks\.(\d+)\.linear1\.', r'blocks.\1.mlp.fc1.'),
-    (r'^classifier\.blocks\.(\d+)\.linear2\.', r'blocks.\1.mlp.fc2.'),
-    (r'^classifier\.norm\.', 'norm.'),
-    (r'^classifier\.fc\.', 'head.'),
+# (official key prefix, our key prefix); {i} stands for a layer or block index
+KEY_MAP = [
+    ('tokenizer.conv_layers.{i}.0.', 'tokenizer.layers.{i}.conv.'),
+    ('classifier.positional_emb', 'pos_embed'),
+    ('classifier.class_emb', 'cls_token'),
+    ('classifier.attention_pool.', 'seq_pool.attn.'),
+    ('classifier.blocks.{i}.pre_norm.', 'blocks.{i}.norm1.'),
+    ('classifier.blocks.{i}.self_attn.', 'blocks.{i}.attn.'),
+    ('classifier.blocks.{i}.norm1.', 'blocks.{i}.norm2.'),
+    ('classifier.blocks.{i}.linear1.', 'blocks.{i}.mlp.fc1.'),
+    ('classifier.blocks.{i}.linear2.', 'blocks.{i}.mlp.fc2.'),
+    ('classifier.norm.', 'norm.'),
+    ('classifier.fc.', 'head.'),
 ]
 
 
-def _official_to_timm_key(key: str) -> str:
-    for pattern, repl in _OFFICIAL_KEYS:
-        new, n = re.subn(pattern, repl, key)
-        if n:
-            return new
+def _rename(key: str, to_official: bool = False) -> str:
+    """Map one state-dict key between the official names and ours (either way)."""
+    for official, ours in KEY_MAP:
+        src, dst = (ours, official) if to_official else (official, ours)
+        pattern = '^' + re.escape(src).replace(re.escape('{i}'), r'(\d+)')
+        match = re.match(pattern, key)
+        if match:
+            index = match.group(1) if match.groups() else ''
+            return dst.replace('{i}', index) + key[match.end():]
     return key
+
+
+def official_to_timm_key(key: str) -> str:
+    """Official state-dict key -> ours, e.g. ``classifier.blocks.0.linear1.weight`` -> ``blocks.0.mlp.fc1.weight``."""
+    return _rename(key)
+
+
+def timm_to_official_key(key: str) -> str:
+    """Our state-dict key -> the official one (the inverse of ``official_to_timm_key``)."""
+    return _rename(key, to_official=True)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CompactTransformer) -> Dict[str, torch.Tensor]:
@@ -468,7 +482,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CompactTran
     for key, value in state_dict.items():
         if key.startswith('module.'):
             key = key[len('module.'):]
-        out[_official_to_timm_key(key)] = value
+        out[official_to_timm_key(key)] = value
 
     pos = out.get('pos_embed')
     if pos is not None and model.pos_embed_type == 'sine':
