@@ -341,10 +341,9 @@ class CompactTransformer(nn.Module):
             raise ValueError(f"Unknown output_fmt={output_fmt!r}; expected 'NCHW' or 'NLC'.")
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        check_image_input(x, self.in_chans, self.tokenizer.min_size, self._fixed_size())
-        B, _, height, width = x.shape
-        grid = self.tokenizer.feat_size((height, width))
-        x = self._embed(x)
+        image = x
+        x = self._embed(x)  # checks the input
+        B, grid = image.shape[0], self.tokenizer.feat_size((image.shape[-2], image.shape[-1]))
         if torch.jit.is_scripting() or not stop_early:
             blocks = self.blocks
         else:

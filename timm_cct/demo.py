@@ -39,6 +39,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
 import timm_cct  # noqa: F401  (registers the models)
+from timm_cct.profile import model_cost
 from timm_cct.visualize import plot_learning_curves, plot_seqpool_attention, seqpool_attention
 
 __all__ = ['main', 'parse_args', 'run_demo', 'stratified_split', 'load_data', 'create_demo_model', 'CNN_BASELINE']
@@ -261,16 +262,6 @@ def create_demo_model(name: str, num_classes: int, img_size: int, drop_path: flo
     if _is_compact_transformer(name):
         kwargs['img_size'] = img_size
     return timm.create_model(name, **kwargs)
-
-
-def count_macs(model: nn.Module, img_size: int, in_chans: int = 3) -> int:
-    """Multiply-accumulates of one forward pass of one image (FlopCounterMode flops / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    model = copy.deepcopy(model).eval().float().cpu()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, in_chans, img_size, img_size))
-    return counter.get_total_flops() // 2
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -519,7 +510,7 @@ def run_demo(args: argparse.Namespace) -> Dict[str, Any]:
     for name in args.models:
         probe = create_demo_model(name, data.num_classes, args.img_size, args.drop_path)
         params[name] = sum(p.numel() for p in probe.parameters())
-        macs[name] = count_macs(probe, args.img_size)
+        macs[name] = model_cost(probe, (3, args.img_size, args.img_size), name=name).macs
         for seed in args.seeds:
             run = train_run(name, seed, data, args, device)
             runs.append(run)
