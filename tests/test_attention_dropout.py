@@ -1,44 +1,89 @@
-"""The CPU training path of attention: dropout with the 16-bit keep-mask."""
+"""The CPU training path of attention: chunked attention with dropout and the 16-bit keep-mask."""
+import pytest
 import torch
 
-from timm_cct.layers import _keep_mask, attention
+from timm_cct import cpu_attention
+from timm_cct.cpu_attention import dropout_attention, keep_mask
+from timm_cct.layers import Attention, multi_head_attention
+
+
+def _reference(qkv: torch.Tensor, num_heads: int, scale: float, keep: torch.Tensor, share: float) -> torch.Tensor:
+    """Plain autograd ops: softmax(q @ k^T * scale) * keep / share @ v, heads merged."""
+    B, N, C3 = qkv.shape
+    q, k, v = qkv.reshape(B, N, 3, num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    weights = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1)
+    return ((weights * keep.view(B, num_heads, N, N) / share) @ v).transpose(1, 2).reshape(B, N, C3 // 3)
 
 
 def test_keep_mask_drop_rate():
     torch.manual_seed(0)
-    keep, share = _keep_mask([4, 4, 256, 256], 0.1, torch.device('cpu'))
+    keep, share = keep_mask([4, 4, 256, 256], 0.1, torch.device('cpu'))
     assert keep.dtype == torch.bool and keep.shape == (4, 4, 256, 256)
     assert abs(share - 0.9) < 1 / 65536
     assert abs(keep.float().mean().item() - share) < 2e-3  # ~13 standard deviations of 1M draws
 
 
-def test_dropout_attention_matches_reference_with_same_mask():
+@pytest.mark.parametrize('shape,chunk_elements', [
+    ((3, 17, 2, 4), 2 ** 20),  # one chunk
+    ((5, 9, 3, 8), 300),  # chunks of one image (3 * 81 elements each)
+    ((7, 10, 2, 4), 450),  # chunks of two images, the last one shorter
+])
+def test_matches_reference_with_same_mask(monkeypatch, shape, chunk_elements):
+    monkeypatch.setattr(cpu_attention, 'CHUNK_ELEMENTS', chunk_elements)
+    B, N, H, d = shape
     g = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(2, 3, 17, 8, generator=g) for _ in range(3))
-    scale = 8 ** -0.5
+    qkv = torch.randn(B, N, 3 * H * d, generator=g, dtype=torch.float64, requires_grad=True)
     torch.manual_seed(5)
-    keep, share = _keep_mask([2, 3, 17, 17], 0.25, torch.device('cpu'))
+    keep, share = keep_mask([B * H, N, N], 0.25, qkv.device)
     torch.manual_seed(5)
-    out = attention(q, k, v, 0.25, scale, True)
-    weights = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1)
-    torch.testing.assert_close(out, (weights * keep / share) @ v)
+    out = dropout_attention(qkv, H, d ** -0.5, 0.25)
+    expected = _reference(qkv, H, d ** -0.5, keep, share)
+    torch.testing.assert_close(out, expected)
+    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    got, = torch.autograd.grad(out, qkv, grad_out)
+    want, = torch.autograd.grad(expected, qkv, grad_out)
+    torch.testing.assert_close(got, want)
 
 
-def test_dropout_attention_is_unbiased():
-    g = torch.Generator().manual_seed(2)
-    q, k, v = (torch.randn(1, 2, 16, 8, generator=g) for _ in range(3))
-    torch.manual_seed(0)
-    mean = torch.stack([attention(q, k, v, 0.1, 8 ** -0.5, True) for _ in range(2000)]).mean(0)
-    torch.testing.assert_close(mean, attention(q, k, v, 0., 8 ** -0.5, True), atol=0.03, rtol=0)
-
-
-def test_gradients_match_reference_with_same_mask():
+def test_gradcheck():
     g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(1, 2, 6, 4, generator=g, requires_grad=True) for _ in range(3))
-    torch.manual_seed(7)
-    keep, share = _keep_mask([1, 2, 6, 6], 0.5, torch.device('cpu'))
-    torch.manual_seed(7)
-    grads = torch.autograd.grad(attention(q, k, v, 0.5, 0.5, True).square().sum(), (q, k, v))
-    ref = ((torch.softmax(q @ k.transpose(-2, -1) * 0.5, dim=-1) * keep / share) @ v).square().sum()
-    for got, expected in zip(grads, torch.autograd.grad(ref, (q, k, v))):
-        torch.testing.assert_close(got, expected)
+    qkv = torch.randn(2, 5, 12, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def fn(x):
+        torch.manual_seed(7)  # the same mask at every evaluation
+        return dropout_attention(x, 2, 0.5, 0.3)
+    assert torch.autograd.gradcheck(fn, (qkv,))
+
+
+def test_is_unbiased():
+    g = torch.Generator().manual_seed(2)
+    qkv = torch.randn(1, 16, 3 * 16, generator=g)
+    torch.manual_seed(0)
+    mean = torch.stack([dropout_attention(qkv, 2, 8 ** -0.5, 0.1) for _ in range(2000)]).mean(0)
+    expected = multi_head_attention(qkv, 2, 0., 8 ** -0.5, True)
+    torch.testing.assert_close(mean, expected, atol=0.03, rtol=0)
+
+
+def test_bf16_autocast_gradients_close_to_fp32():
+    g = torch.Generator().manual_seed(4)
+    qkv = torch.randn(2, 16, 3 * 32, generator=g, requires_grad=True)
+    grad_out = torch.randn(2, 16, 32, generator=g)
+    torch.manual_seed(3)
+    ref, = torch.autograd.grad(dropout_attention(qkv, 4, 8 ** -0.5, 0.1), qkv, grad_out)
+    torch.manual_seed(3)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = dropout_attention(qkv.bfloat16(), 4, 8 ** -0.5, 0.1)
+    got, = torch.autograd.grad(out, qkv, grad_out.bfloat16())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, atol=0.05, rtol=0.05)
+
+
+def test_attention_layer_takes_the_chunked_path_only_in_cpu_training(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu_attention._DropoutAttention, 'apply', lambda *a: calls.append(a) or a[0][..., :32])
+    layer = Attention(32, num_heads=4, attn_drop=0.1)
+    x = torch.randn(2, 8, 32)
+    layer.eval()(x)
+    assert not calls
+    layer.train()(x)
+    assert len(calls) == 1

@@ -1,5 +1,4 @@
 """Building blocks of the Compact Transformers: tokenizer, transformer block, SeqPool, sine table."""
-import math
 from typing import List, Optional, Tuple, Type
 
 import torch
@@ -7,6 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from timm.layers import DropPath, Mlp, register_notrace_function, use_fused_attn
+
+from .cpu_attention import dropout_attention
 
 __all__ = ['Tokenizer', 'Attention', 'Block', 'SeqPool', 'sine_pos_embed', 'check_image_input']
 
@@ -96,50 +97,43 @@ class Tokenizer(nn.Module):
 
 
 @register_notrace_function  # a leaf for FX: it branches on the device
-def attention(
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
+def multi_head_attention(
+        qkv: torch.Tensor,
+        num_heads: int,
         dropout_p: float,
         scale: float,
         fused: bool,
 ) -> torch.Tensor:
-    """``softmax(q @ k^T * scale)`` with dropout, ``@ v``, for (B, heads, N, head_dim) inputs."""
-    if fused and (dropout_p == 0. or q.device.type != 'cpu'):
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    attn = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-    if dropout_p > 0. and attn.device.type == 'cpu' and not torch.jit.is_scripting() and not _compiling():
-        keep, kept_share = _keep_mask(attn.shape, dropout_p, attn.device)
-        # dropout, with the 1 / (1 - p) rescaling applied to the (4x smaller) output instead of the weights
-        return (torch.where(keep, attn, 0.) @ v) * (1. / kept_share)
-    return F.dropout(attn, dropout_p, training=dropout_p > 0.) @ v
+    """``softmax(q @ k^T * scale)`` with dropout, ``@ v``, heads merged: (B, N, 3 * C) fused qkv -> (B, N, C)."""
+    B, N, C3 = qkv.shape
+    if dropout_p > 0. and qkv.device.type == 'cpu' and not torch.jit.is_scripting() and not _compiling():
+        return _cpu_dropout_attention(qkv, num_heads, scale, dropout_p)
+    q, k, v = qkv.reshape(B, N, 3, num_heads, C3 // (3 * num_heads)).permute(2, 0, 3, 1, 4).unbind(0)
+    if fused:
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    else:
+        attn = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1)
+        x = F.dropout(attn, dropout_p, training=dropout_p > 0.) @ v
+    return x.transpose(1, 2).reshape(B, N, C3 // 3)
 
 
 @torch.jit.unused
 def _compiling() -> bool:
-    """Under torch.compile the explicit dropout is traced instead (``random_`` would break the graph)."""
+    """Under torch.compile the plain ops are traced instead (the chunked autograd Function would break the graph)."""
     return torch.compiler.is_compiling()
 
 
 @torch.jit.unused
-def _keep_mask(shape: List[int], p: float, device: torch.device) -> Tuple[torch.Tensor, float]:
-    """Dropout keep-mask from 16-bit random numbers, four per 64-bit draw: about 5x cheaper than ``bernoulli_`` on CPU.
-
-    The drop probability is ``p`` rounded to a multiple of 1 / 65536; returns the mask and the exact keep share.
-    """
-    numel = math.prod(shape)
-    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None)
-    drop = round(p * 65536)
-    keep = words.view(torch.int16)[:numel].view(shape) >= drop - 32768
-    return keep, (65536 - drop) / 65536
+def _cpu_dropout_attention(qkv: torch.Tensor, num_heads: int, scale: float, dropout_p: float) -> torch.Tensor:
+    return dropout_attention(qkv, num_heads, scale, dropout_p)
 
 
 class Attention(nn.Module):
     """Multi-head self-attention (parameters ``qkv`` without bias, ``proj`` with bias, as in timm's ``Attention``).
 
     Runs ``F.scaled_dot_product_attention`` when timm's ``use_fused_attn()`` allows it. On CPU, SDPA has no fused
-    kernel with dropout and falls back to a slower math path, so training with attention dropout on CPU takes the
-    explicit path: ``softmax((q * scale) @ k^T)``, dropout (a cheaper mask, see ``_keep_mask``), ``@ v``.
+    kernel with dropout and falls back to a slow math path, so training with attention dropout on CPU runs
+    ``timm_cct.cpu_attention.dropout_attention`` instead (chunked, cache-resident, same result).
     """
 
     def __init__(
@@ -166,10 +160,9 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        x = attention(q, k, v, self.attn_drop.p if self.training else 0., self.scale, self.fused_attn)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+        dropout_p = self.attn_drop.p if self.training else 0.
+        x = multi_head_attention(self.qkv(x), self.num_heads, dropout_p, self.scale, self.fused_attn)
+        return self.proj_drop(self.proj(x))
 
 
 class Block(nn.Module):
