@@ -21,12 +21,18 @@ def keep_mask(shape: List[int], p: float, device: torch.device) -> Tuple[torch.T
     """Dropout keep-mask from 16-bit random numbers, four per 64-bit draw: about 5x cheaper than ``bernoulli_`` on CPU.
 
     The drop probability is ``p`` rounded to a multiple of 1 / 65536; returns the mask and the exact keep share.
+    The numbers are drawn a cache-sized block at a time, in order: the mask does not depend on the block size.
     """
     numel = math.prod(shape)
-    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None)
     drop = round(p * 65536)
-    keep = words.view(torch.int16)[:numel].view(shape) >= drop - 32768
-    return keep, (65536 - drop) / 65536
+    keep = torch.empty(numel, dtype=torch.bool, device=device)
+    block = max(4, CHUNK_ELEMENTS - CHUNK_ELEMENTS % 4)
+    words = torch.empty(min(block, numel + 3) // 4, dtype=torch.int64, device=device)
+    for start in range(0, numel, block):
+        size = min(block, numel - start)
+        numbers = words[:(size + 3) // 4].random_(-2 ** 63, None).view(torch.int16)[:size]
+        torch.ge(numbers, drop - 32768, out=keep[start:start + size])
+    return keep.view(shape), (65536 - drop) / 65536
 
 
 def _heads(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -57,8 +63,8 @@ def _chunks(batch: int, num_heads: int, num_tokens: int) -> List[Tuple[int, int]
 class _DropoutAttention(torch.autograd.Function):
     """``dropout(softmax(q @ k^T * scale)) @ v`` from and to token layout, with its gradient, chunk by chunk.
 
-    The boolean keep-mask is applied as a multiplication by its bytes (a ``uint8`` view), which is about twice as
-    fast on CPU as ``torch.where`` or ``masked_fill``.
+    The boolean keep-mask is applied as a multiplication by its bytes (a ``uint8`` view converted to the weights'
+    dtype): on CPU several times faster than ``torch.where``, ``masked_fill`` or a multiplication by the ``bool``.
     """
 
     @staticmethod
@@ -73,7 +79,8 @@ class _DropoutAttention(torch.autograd.Function):
             rows = slice(start * num_heads, end * num_heads)
             weights = _bmm(q, k.transpose(1, 2), scale).softmax(dim=-1)
             # dropout, with the 1 / (1 - p) rescaling applied to the (N / head_dim times smaller) output
-            chunk = _bmm(weights * keep_bytes[rows], v, 1. / kept_share)
+            weights.mul_(keep_bytes[rows].to(weights.dtype))
+            chunk = _bmm(weights, v, 1. / kept_share)
             if out is None:
                 out = chunk.new_empty(B, N, C3 // 3)
             out[start:end].view(end - start, N, num_heads, -1).copy_(_tokens(chunk, end - start))

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from timm.layers import DropPath, Mlp, register_notrace_function, use_fused_attn
+from timm.layers import Mlp, register_notrace_function, use_fused_attn
 
 from .cpu_attention import dropout_attention
 
@@ -165,11 +165,25 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
+@register_notrace_function  # a leaf for FX: its shape arithmetic branches on training
+def add_drop_path(x: torch.Tensor, branch: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """``x + drop_path(branch)`` in one pass: stochastic depth as timm's ``DropPath`` (whole samples dropped, the
+    kept ones scaled by ``1 / (1 - drop_prob)``), fused with the residual addition."""
+    if drop_prob == 0. or not training:
+        return x + branch
+    keep_prob = 1. - drop_prob
+    scale = branch.new_empty([branch.shape[0]] + [1] * (branch.dim() - 1)).bernoulli_(keep_prob)
+    if keep_prob > 0.:
+        scale.div_(keep_prob)
+    return torch.addcmul(x, branch, scale)
+
+
 class Block(nn.Module):
     """Transformer block with the official layout.
 
     ``x = x + drop_path(attn(norm1(x)))``, then ``x = norm2(x)`` on the residual stream itself,
     then ``x = x + drop_path(mlp(x))``. Every official checkpoint depends on this post-attention norm.
+    ``drop_path`` is the stochastic depth probability of both residual branches.
     """
 
     def __init__(
@@ -190,14 +204,13 @@ class Block(nn.Module):
         self.norm1 = norm_layer(dim, **dd)
         self.attn = Attention(
             dim, num_heads=num_heads, qkv_bias=False, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm2(x + self.drop_path1(self.attn(self.norm1(x))))
-        return x + self.drop_path2(self.mlp(x))
+        x = self.norm2(add_drop_path(x, self.attn(self.norm1(x)), self.drop_path, self.training))
+        return add_drop_path(x, self.mlp(x), self.drop_path, self.training)
 
 
 class SeqPool(nn.Module):

@@ -1,10 +1,15 @@
-"""The CPU training path of attention: chunked attention with dropout and the 16-bit keep-mask."""
+"""CPU fast paths: chunked attention with dropout and its 16-bit keep-mask, fused stochastic depth, chunked
+inference."""
 import pytest
 import torch
-
 from timm_cct import cpu_attention
 from timm_cct.cpu_attention import dropout_attention, keep_mask
-from timm_cct.layers import Attention, multi_head_attention
+import timm
+from timm.layers import DropPath
+
+import timm_cct.cct
+
+from timm_cct.layers import Attention, add_drop_path, multi_head_attention
 
 
 def _reference(qkv: torch.Tensor, num_heads: int, scale: float, keep: torch.Tensor, share: float) -> torch.Tensor:
@@ -87,3 +92,54 @@ def test_attention_layer_takes_the_chunked_path_only_in_cpu_training(monkeypatch
     assert not calls
     layer.train()(x)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize('drop_prob', [0.3, 1.0])
+def test_add_drop_path_matches_timm_drop_path(drop_prob):
+    g = torch.Generator().manual_seed(6)
+    x, branch = torch.randn(2, 16, 5, 8, generator=g).unbind(0)
+    torch.manual_seed(1)
+    got = add_drop_path(x, branch, drop_prob, True)
+    torch.manual_seed(1)
+    expected = x + DropPath(drop_prob)(branch)
+    torch.testing.assert_close(got, expected)
+    for sample in range(x.shape[0]):  # each sample either keeps x alone or gets the rescaled branch
+        dropped = torch.equal(got[sample], x[sample])
+        assert dropped or torch.allclose(got[sample], x[sample] + branch[sample] / (1. - drop_prob))
+        assert dropped or drop_prob < 1.
+
+
+def test_add_drop_path_is_identity_plus_branch_in_eval():
+    x, branch = torch.randn(2, 4, 3, 8).unbind(0)
+    assert torch.equal(add_drop_path(x, branch, 0.5, False), x + branch)
+    assert torch.equal(add_drop_path(x, branch, 0., True), x + branch)
+
+
+@pytest.mark.parametrize('name,chunk_tokens', [
+    ('cct_7_3x1_32', 600),  # 16 x 16 = 256 tokens an image: 2 images a chunk
+    ('vit_lite_2_4_32', 140),  # 8 x 8 + 1 class token = 65 tokens an image: 2 images a chunk
+])
+def test_chunked_inference_equals_whole_batch(monkeypatch, name, chunk_tokens):
+    model = timm.create_model(name).eval()
+    x = torch.randn(7, 3, 32, 32)
+    with torch.no_grad():
+        whole = model(x)
+        assert model._inference_chunk(x) == 0  # 7 images fit in one chunk of 4096 tokens
+        monkeypatch.setattr(timm_cct.cct, 'CPU_INFERENCE_TOKENS', chunk_tokens)
+        assert model._inference_chunk(x) == 2
+        calls = []
+        monkeypatch.setattr(model, 'forward_features', lambda t: calls.append(len(t)) or type(model).forward_features(model, t))
+        chunked = model(x)
+    assert calls == [2, 2, 2, 1]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_no_chunking_with_autograd_or_in_training(monkeypatch):
+    monkeypatch.setattr(timm_cct.cct, 'CPU_INFERENCE_TOKENS', 64)
+    model = timm.create_model('cct_2_3x2_32').eval()  # 8 x 8 tokens an image: 1 image a chunk
+    x = torch.randn(3, 3, 32, 32)
+    assert model._inference_chunk(x) == 0  # gradients enabled
+    with torch.no_grad():
+        assert model._inference_chunk(x) == 1
+        assert model._inference_chunk(x[:1]) == 0  # a single chunk anyway
+        assert model.train()._inference_chunk(x) == 0
