@@ -351,7 +351,7 @@ def main(argv=None) -> List[Row]:
         print(line)
     for d in dtypes:
         if DTYPES[d] is not None:
-            print(check_low_precision(models['ours'], x, DTYPES[d], f'the benchmark batch'))
+            print(check_low_precision(models['ours'], x, DTYPES[d], 'the benchmark batch'))
             line = fixture_check(args.model, DTYPES[d])
             if line:
                 print(line)

@@ -1,14 +1,15 @@
 """CPU fast paths: chunked attention with dropout and its 16-bit keep-mask, fused stochastic depth, chunked
 inference."""
+import math
+
 import pytest
-import torch
-from timm_cct import cpu_attention
-from timm_cct.cpu_attention import dropout_attention, keep_mask
 import timm
+import torch
 from timm.layers import DropPath
 
 import timm_cct.cct
-
+from timm_cct import cpu_attention
+from timm_cct.cpu_attention import dropout_attention, keep_mask
 from timm_cct.layers import Attention, add_drop_path, multi_head_attention
 
 
@@ -26,6 +27,19 @@ def test_keep_mask_drop_rate():
     assert keep.dtype == torch.bool and keep.shape == (4, 4, 256, 256)
     assert abs(share - 0.9) < 1 / 65536
     assert abs(keep.float().mean().item() - share) < 2e-3  # ~13 standard deviations of 1M draws
+
+
+@pytest.mark.parametrize('chunk_elements', [4, 100, 2 ** 20])
+@pytest.mark.parametrize('shape', [[3, 17, 17], [2, 5, 5], [1, 1, 1]])
+def test_keep_mask_does_not_depend_on_the_block_size(monkeypatch, chunk_elements, shape):
+    monkeypatch.setattr(cpu_attention, 'CHUNK_ELEMENTS', chunk_elements)
+    torch.manual_seed(0)
+    keep, _ = keep_mask(shape, 0.1, torch.device('cpu'))
+    torch.manual_seed(0)  # the same numbers drawn at once: int16 quarters of 64-bit words, first ones first
+    numel = math.prod(shape)
+    words = torch.empty((numel + 3) // 4, dtype=torch.int64).random_(-2 ** 63, None)
+    expected = words.view(torch.int16)[:numel].view(shape) >= round(0.1 * 65536) - 32768
+    assert torch.equal(keep, expected)
 
 
 @pytest.mark.parametrize('shape,chunk_elements', [

@@ -1,6 +1,5 @@
 """Pretrained tags, loud loading and fine-tuning changes (on the official-format fixtures, no network)."""
 import argparse
-import pickle
 import urllib.error
 
 import pytest

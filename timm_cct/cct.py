@@ -11,12 +11,10 @@ The three families differ only in configuration:
 import difflib
 import inspect
 import re
-from functools import partial
 from typing import Any, Dict, List, Optional, Set, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 try:
