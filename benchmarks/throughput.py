@@ -27,6 +27,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -73,20 +74,25 @@ def build_ours(name: str) -> nn.Module:
         return timm.create_model(name)
 
 
-def build_official(name: str, src: str) -> nn.Module:
-    """The official model from the ``src/`` package at ``src`` (imported as a package from its parent)."""
+def import_official(src: str, module: str) -> ModuleType:
+    """``module`` of the official ``src/`` package at ``src`` (imported as a package from its parent)."""
     src_path = Path(src).resolve()
     sys.path.insert(0, str(src_path.parent))
-    family = 'vit' if name.startswith('vit_') else name.split('_')[0]
     from timm.models import _registry
     saved = dict(_registry._model_entrypoints), dict(_registry._model_to_module)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        module = importlib.import_module(f'{src_path.name}.{family}')
-    # the official modules register models under our names in timm's registry: put ours back
+        imported = importlib.import_module(f'{src_path.name}.{module}')
+    # the official package registers models under our names in timm's registry: put ours back
     _registry._model_entrypoints.update(saved[0])
     _registry._model_to_module.update(saved[1])
-    return getattr(module, official_name(name))()
+    return imported
+
+
+def build_official(name: str, src: str) -> nn.Module:
+    """The official model ``name`` from the ``src/`` package at ``src``."""
+    family = 'vit' if name.startswith('vit_') else name.split('_')[0]
+    return getattr(import_official(src, family), official_name(name))()
 
 
 def build_vit_pytorch(model: nn.Module) -> Optional[nn.Module]:
