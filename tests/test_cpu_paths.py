@@ -157,3 +157,11 @@ def test_no_chunking_with_autograd_or_in_training(monkeypatch):
         assert model._inference_chunk(x) == 1
         assert model._inference_chunk(x[:1]) == 0  # a single chunk anyway
         assert model.train()._inference_chunk(x) == 0
+
+
+def test_full_attention_dropout_gives_zeros_in_training():
+    layer = Attention(32, num_heads=4, attn_drop=1.).train()
+    x = torch.randn(2, 8, 32)
+    torch.testing.assert_close(layer(x), layer.proj.bias.expand(2, 8, 32))
+    with pytest.raises(ValueError, match='0 < p < 1, got 1.0'):
+        dropout_attention(torch.randn(2, 8, 96), 4, 0.5, 1.)

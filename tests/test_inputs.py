@@ -136,6 +136,9 @@ def test_unknown_model_argument(name):
     (dict(num_heads=3), ValueError, ['divisible by num_heads', 'embed_dim=128', 'num_heads=3']),
     (dict(img_size='32'), TypeError, ['int or (height, width)', "'32'"]),
     (dict(img_size=(32, 32, 3)), ValueError, ['(height, width)', '(32, 32, 3)']),
+    (dict(drop_path_rate=1.5), ValueError, ['drop_path_rate in [0, 1]', 'got 1.5']),
+    (dict(attn_drop_rate=-0.1), ValueError, ['attn_drop_rate in [0, 1]', 'got -0.1']),
+    (dict(drop_rate='0.1'), TypeError, ['drop_rate to be a float', "str '0.1'"]),
 ])
 def test_bad_constructor_argument(kwargs, exc_type, fragments):
     _raises(exc_type, lambda: timm.create_model('cct_2_3x2_32', **kwargs), *fragments)

@@ -48,6 +48,13 @@ def _check_int(name: str, value: Any, minimum: int = 1) -> None:
         raise ValueError(f'Expected {name} >= {minimum}, got {value}.')
 
 
+def _check_rate(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f'Expected {name} to be a float in [0, 1], got {type(value).__name__} {value!r}.')
+    if not 0. <= value <= 1.:
+        raise ValueError(f'Expected {name} in [0, 1], got {value}.')
+
+
 def _check_min_size(img_size: Tuple[int, int], min_size: int) -> None:
     if min(img_size) < min_size:
         raise ValueError(f'img_size={img_size} is too small for the tokenizer, which needs at least '
@@ -134,6 +141,10 @@ class CompactTransformer(nn.Module):
         if embed_dim % num_heads:
             raise ValueError(f'Expected embed_dim divisible by num_heads, got embed_dim={embed_dim}, '
                              f'num_heads={num_heads}.')
+        for name, value in (('drop_rate', drop_rate), ('pos_drop_rate', pos_drop_rate),
+                            ('proj_drop_rate', proj_drop_rate), ('attn_drop_rate', attn_drop_rate),
+                            ('drop_path_rate', drop_path_rate)):
+            _check_rate(name, value)
         _check_choice('pos_embed', pos_embed, POS_EMBEDS)
         _check_choice('global_pool', global_pool, GLOBAL_POOLS)
         if global_pool == 'token' and not class_token:

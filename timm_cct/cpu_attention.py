@@ -113,5 +113,7 @@ class _DropoutAttention(torch.autograd.Function):
 
 
 def dropout_attention(qkv: torch.Tensor, num_heads: int, scale: float, p: float) -> torch.Tensor:
-    """Multi-head attention with dropout ``p`` on the weights, (B, N, 3 * C) fused qkv -> (B, N, C)."""
-    return _DropoutAttention.apply(qkv, num_heads, scale, p)
+    """Multi-head attention with dropout ``p`` (0 < p < 1) on the weights, (B, N, 3 * C) fused qkv -> (B, N, C)."""
+    if not 0. < p < 1.:
+        raise ValueError(f'Expected a dropout probability 0 < p < 1, got {p}.')
+    return _DropoutAttention.apply(qkv.contiguous(), num_heads, scale, p)

@@ -106,7 +106,7 @@ def multi_head_attention(
 ) -> torch.Tensor:
     """``softmax(q @ k^T * scale)`` with dropout, ``@ v``, heads merged: (B, N, 3 * C) fused qkv -> (B, N, C)."""
     B, N, C3 = qkv.shape
-    if dropout_p > 0. and qkv.device.type == 'cpu' and not torch.jit.is_scripting() and not _compiling():
+    if 0. < dropout_p < 1. and qkv.device.type == 'cpu' and not torch.jit.is_scripting() and not _compiling():
         return _cpu_dropout_attention(qkv, num_heads, scale, dropout_p)
     q, k, v = qkv.reshape(B, N, 3, num_heads, C3 // (3 * num_heads)).permute(2, 0, 3, 1, 4).unbind(0)
     if fused:
@@ -125,6 +125,7 @@ def _compiling() -> bool:
 
 @torch.jit.unused
 def _cpu_dropout_attention(qkv: torch.Tensor, num_heads: int, scale: float, dropout_p: float) -> torch.Tensor:
+    """``timm_cct.cpu_attention.dropout_attention``, out of TorchScript's sight."""
     return dropout_attention(qkv, num_heads, scale, dropout_p)
 
 
