@@ -333,7 +333,7 @@ class CompactTransformer(nn.Module):
 
     @torch.jit.unused
     def _inference_chunk(self, x: torch.Tensor) -> int:
-        """Images per chunk for eager CPU inference on a batch larger than ``CPU_INFERENCE_TOKENS``; 0 for no split.
+        """Images per chunk of about ``CPU_INFERENCE_TOKENS`` tokens for eager CPU inference; 0 for no split.
 
         Every image is computed independently, so splitting changes nothing but the speed (at batch 64, CCT-7/3x1
         runs about 1.4x faster in chunks of 16). Training, autograd, other devices, tracing, scripting, compiling
