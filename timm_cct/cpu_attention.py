@@ -7,7 +7,7 @@ at a time, so each attention matrix stays in cache; the forward keeps only the f
 keep-mask, and the backward recomputes the weights of each chunk (one extra ``q @ k^T`` per chunk).
 """
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -49,10 +49,23 @@ def _tokens(heads: torch.Tensor, batch: int) -> torch.Tensor:
     return x.movedim(len(lead), 0).movedim(-2, 1)
 
 
-def _bmm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``alpha * (a @ b)`` for batches of matrices, the scaling done by the matrix product itself."""
-    out = a.new_empty(a.shape[0], a.shape[1], b.shape[2])
+def _bmm(a: torch.Tensor, b: torch.Tensor, alpha: float, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``alpha * (a @ b)`` for batches of matrices, the scaling done by the matrix product itself; into ``out``
+    (contiguous) when given."""
+    if out is None:
+        out = a.new_empty(a.shape[0], a.shape[1], b.shape[2])
     return torch.baddbmm(out, a, b, beta=0., alpha=alpha, out=out)
+
+
+def _chunk(
+        qkv: torch.Tensor, keep_bytes: torch.Tensor, start: int, end: int, num_heads: int, scale: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v of images ``start:end`` (``_heads`` layout), their attention weights ``softmax(q @ k^T * scale)``
+    and their keep-mask in the weights' dtype."""
+    q, k, v = _heads(qkv[start:end], num_heads)
+    weights = _bmm(q, k.transpose(1, 2), scale).softmax(dim=-1)
+    keep = keep_bytes[start * num_heads:end * num_heads].to(weights.dtype)
+    return q, k, v, weights, keep
 
 
 def _chunks(batch: int, num_heads: int, num_tokens: int) -> List[Tuple[int, int]]:
@@ -75,12 +88,9 @@ class _DropoutAttention(torch.autograd.Function):
         keep_bytes = keep.view(torch.uint8)
         out = None
         for start, end in _chunks(B, num_heads, N):
-            q, k, v = _heads(qkv[start:end], num_heads)
-            rows = slice(start * num_heads, end * num_heads)
-            weights = _bmm(q, k.transpose(1, 2), scale).softmax(dim=-1)
+            _, _, v, weights, chunk_keep = _chunk(qkv, keep_bytes, start, end, num_heads, scale)
             # dropout, with the 1 / (1 - p) rescaling applied to the (N / head_dim times smaller) output
-            weights.mul_(keep_bytes[rows].to(weights.dtype))
-            chunk = _bmm(weights, v, 1. / kept_share)
+            chunk = _bmm(weights.mul_(chunk_keep), v, 1. / kept_share)
             if out is None:
                 out = chunk.new_empty(B, N, C3 // 3)
             out[start:end].view(end - start, N, num_heads, -1).copy_(_tokens(chunk, end - start))
@@ -97,17 +107,14 @@ class _DropoutAttention(torch.autograd.Function):
         B, N, C3 = qkv.shape
         grad_qkv = torch.empty_like(qkv)
         for start, end in _chunks(B, num_heads, N):
-            q, k, v = _heads(qkv[start:end], num_heads)
-            rows = slice(start * num_heads, end * num_heads)
-            weights = _bmm(q, k.transpose(1, 2), scale).softmax(dim=-1)
-            chunk_keep = keep_bytes[rows].to(weights.dtype)
+            q, k, v, weights, chunk_keep = _chunk(qkv, keep_bytes, start, end, num_heads, scale)
             grad = grad_out[start:end].view(end - start, N, num_heads, -1).transpose(1, 2).reshape(q.shape)
-            grads = q.new_empty(3, *q.shape)
-            torch.baddbmm(grads[2], (weights * chunk_keep).transpose(1, 2), grad, beta=0., alpha=rescale, out=grads[2])
+            grad_q, grad_k, grad_v = grads = q.new_empty(3, *q.shape)
+            _bmm((weights * chunk_keep).transpose(1, 2), grad, rescale, out=grad_v)
             grad_weights = _bmm(grad, v.transpose(1, 2), rescale).mul_(chunk_keep)
             grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
-            torch.baddbmm(grads[0], grad_scores, k, beta=0., alpha=scale, out=grads[0])
-            torch.baddbmm(grads[1], grad_scores.transpose(1, 2), q, beta=0., alpha=scale, out=grads[1])
+            _bmm(grad_scores, k, scale, out=grad_q)
+            _bmm(grad_scores.transpose(1, 2), q, scale, out=grad_k)
             grad_qkv[start:end].view(end - start, N, 3, num_heads, -1).copy_(_tokens(grads, end - start))
         return grad_qkv, None, None, None
 
