@@ -339,8 +339,8 @@ class CompactTransformer(nn.Module):
         runs about 1.4x faster in chunks of 16). Training, autograd, other devices, tracing, scripting, compiling
         and export see the whole batch.
         """
-        if (self.training or torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy)
-                or not isinstance(x, torch.Tensor) or x.dim() != 4 or x.device.type != 'cpu'
+        if (self.training or torch.is_grad_enabled()
+                or not isinstance(x, torch.Tensor) or x.dim() != 4 or x.device.type != 'cpu'  # FX proxies too
                 or torch.jit.is_tracing() or torch.compiler.is_compiling() or is_exporting()):
             return 0
         h, w = self.tokenizer.feat_size((x.shape[2], x.shape[3]))

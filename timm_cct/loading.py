@@ -194,7 +194,8 @@ def check_state_dict(
     input size than the cfg's. Values must be finite.
     """
     cfg = pretrained_cfg if pretrained_cfg is not None else getattr(model, 'pretrained_cfg', {})
-    expected = {k: v for k, v in model.state_dict().items()}
+    model_state = model.state_dict()
+    expected = dict(model_state)
     problems = []
 
     classifier = cfg.get('classifier') or 'head'
@@ -254,7 +255,7 @@ def check_state_dict(
     ckpt_shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
     if stored_pos_shape is not None and 'pos_embed' in ckpt_shapes:
         ckpt_shapes['pos_embed'] = tuple(stored_pos_shape)
-    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model_shapes = {k: tuple(v.shape) for k, v in model_state.items()}
     raise CheckpointError(
         f'Checkpoint {label} does not fit {arch}: ' + '; '.join(problems) + '. '
         f'Checkpoint: {_arch_summary(ckpt_shapes)}; model: {_arch_summary(model_shapes)}. '
