@@ -22,14 +22,6 @@ TINY = ['--epochs', '1', '--warmup-epochs', '0', '--seeds', '0', '--img-size', '
         '--quiet']
 
 
-def _hub_available() -> bool:
-    try:
-        from timm_cct.hub import export_to_hub  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(scope='module')
 def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('digits')
@@ -84,8 +76,6 @@ def test_digits_run_hub_folder_loads_back(digits_run):
     folder = Path(meta['folder'])
     assert meta['model'] == 'cct_2_3x2_32'  # the only transformer of the run
     assert (folder / 'config.json').is_file()
-    if not _hub_available():
-        pytest.skip('timm_cct.hub is not importable; the folder was written by timm.models.save_for_hf')
     loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
     net = next(r['net'] for r in digits_run['runs'] if r['net'] is not None and r['model'] == meta['model'])
     x = torch.randn(2, 3, 16, 16)

@@ -39,8 +39,10 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
 import timm_cct  # noqa: F401  (registers the models)
+from timm_cct.hub import export_to_hub
 from timm_cct.profile import model_cost
-from timm_cct.visualize import plot_learning_curves, plot_seqpool_attention, seqpool_attention
+from timm_cct.visualize import (
+    _require_matplotlib, plot_learning_curves, plot_seqpool_attention, seqpool_attention)
 
 __all__ = ['main', 'parse_args', 'run_demo', 'stratified_split', 'load_data', 'create_demo_model', 'CNN_BASELINE']
 
@@ -112,6 +114,14 @@ class DemoData:
     set_transforms: Callable[[Callable, Callable], None] = field(repr=False, default=None)
 
 
+def _transform_setter(train: Any, test: Any) -> Callable[[Callable, Callable], None]:
+    """``set_transforms(train_tf, test_tf)`` for two datasets (or ``Subset``s of one)."""
+    def set_transforms(train_tf: Callable, test_tf: Callable) -> None:
+        for ds, tf in ((train, train_tf), (test, test_tf)):
+            (ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds).transform = tf
+    return set_transforms
+
+
 def stratified_split(labels: Sequence[int], test_frac: float, seed: int) -> Tuple[List[int], List[int]]:
     """Indices (train, test): the same fraction of every class goes to test, shuffled with ``seed``."""
     if not 0. < test_frac < 1.:
@@ -159,12 +169,8 @@ def _load_digits(img_size: int, test_frac: float, split_seed: int) -> DemoData:
     mean, std = (float(train_px.mean()),) * 3, (float(train_px.std()),) * 3
     train = ImageListDataset([images[i] for i in train_idx], [labels[i] for i in train_idx])
     test = ImageListDataset([images[i] for i in test_idx], [labels[i] for i in test_idx])
-
-    def set_transforms(train_tf, test_tf):
-        train.transform, test.transform = train_tf, test_tf
-
     return DemoData(train, test, 10, [str(i) for i in range(10)], DIGITS_DESCRIPTION.format(size=img_size),
-                    mean, std, set_transforms)
+                    mean, std, _transform_setter(train, test))
 
 
 def _load_cifar(name: str, root: str) -> DemoData:
@@ -176,13 +182,10 @@ def _load_cifar(name: str, root: str) -> DemoData:
         raise ValueError(
             f'--dataset {name} expects --data-dir to be the root of an existing torchvision download (the folder '
             f'holding {cls.base_folder}); nothing is downloaded. Got {root!r}: {e}') from e
-
-    def set_transforms(train_tf, test_tf):
-        train.transform, test.transform = train_tf, test_tf
-
     mean, std = CIFAR_STATS[name]
     return DemoData(train, test, len(train.classes), list(train.classes),
-                    f'{name.upper()} ({len(train)} train / {len(test)} test images)', mean, std, set_transforms)
+                    f'{name.upper()} ({len(train)} train / {len(test)} test images)', mean, std,
+                    _transform_setter(train, test))
 
 
 def _load_folder(root: str, test_frac: float, split_seed: int) -> DemoData:
@@ -206,16 +209,11 @@ def _load_folder(root: str, test_frac: float, split_seed: int) -> DemoData:
         test = torch.utils.data.Subset(full_test, test_idx)
         train.classes = full_train.classes
         how = f'{path.name}: stratified {1 - test_frac:.0%}/{test_frac:.0%} split, seed {split_seed}'
-
-    def set_transforms(train_tf, test_tf):
-        for ds, tf in ((train, train_tf), (test, test_tf)):
-            (ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds).transform = tf
-
     classes = list(train.classes)
     mean, std = IMAGENET_STATS
     return DemoData(train, test, len(classes), classes,
                     f'ImageFolder {how} ({len(train)} train / {len(test)} held-out images)', mean, std,
-                    set_transforms)
+                    _transform_setter(train, test))
 
 
 def load_data(args: argparse.Namespace) -> DemoData:
@@ -449,19 +447,12 @@ def write_results(out: Path, rows: List[Dict[str, Any]], runs: List[Dict[str, An
 def export_best(run: Dict[str, Any], folder: Path, data: DemoData, args: argparse.Namespace) -> str:
     """Write a Hub-ready folder of ``run``'s model; returns how it was written."""
     model, name = run['net'].cpu(), run['model']
-    default_size = model.pretrained_cfg.get('input_size', (3, 0, 0))[-1]
-    model_args = {'img_size': args.img_size} if hasattr(model, 'img_size') and args.img_size != default_size else {}
     model.pretrained_cfg = dict(
         model.pretrained_cfg, input_size=(3, args.img_size, args.img_size), mean=tuple(data.mean),
         std=tuple(data.std), crop_pct=1.0, interpolation='bicubic', num_classes=data.num_classes,
         label_names=list(data.label_names))
     recipe = recipe_text(args, data) + (f' Best of {len(args.seeds)} seeds by held-out top-1.'
                                         if len(args.seeds) > 1 else '')
-    try:
-        from timm_cct.hub import export_to_hub
-    except ImportError as e:
-        timm.models.save_for_hf(model, str(folder), model_args=model_args or None, safe_serialization=True)
-        return f'timm.models.save_for_hf (timm_cct.hub not importable: {e})'
     export_to_hub(model, str(folder), model_name=name, dataset=data.description, recipe=recipe,
                   results={'top1': round(run['top1'], 2)}, label_names=list(data.label_names))
     return 'timm_cct.hub.export_to_hub'
@@ -489,9 +480,7 @@ def draw_seqpool(run: Dict[str, Any], data: DemoData, path: Path, n: int = 16) -
 def run_demo(args: argparse.Namespace) -> Dict[str, Any]:
     """Train every model over every seed, then write the table, plots and the Hub folder."""
     _require_demo_deps()
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = _require_matplotlib()
     wall_start, load_start = time.perf_counter(), _load_average()
     device = torch.device(args.device)
     out = Path(args.output)
@@ -509,8 +498,8 @@ def run_demo(args: argparse.Namespace) -> Dict[str, Any]:
     runs, params, macs = [], {}, {}
     for name in args.models:
         probe = create_demo_model(name, data.num_classes, args.img_size, args.drop_path)
-        params[name] = sum(p.numel() for p in probe.parameters())
-        macs[name] = model_cost(probe, (3, args.img_size, args.img_size), name=name).macs
+        cost = model_cost(probe, (3, args.img_size, args.img_size), name=name)
+        params[name], macs[name] = cost.params, cost.macs
         for seed in args.seeds:
             run = train_run(name, seed, data, args, device)
             runs.append(run)
@@ -540,7 +529,7 @@ def run_demo(args: argparse.Namespace) -> Dict[str, Any]:
         threads=torch.get_num_threads(), torch=torch.__version__, timm=timm.__version__,
         wall_seconds=time.perf_counter() - wall_start, load_average=dict(start=load_start, end=_load_average()),
         export=dict(model=best['model'], seed=best['seed'], top1=best['top1'], folder=str(export_dir), how=how),
-        args={k: v for k, v in vars(args).items()})
+        args=dict(vars(args)))
     write_results(out, rows, runs, meta)
     print(_markdown_table(rows))
     print(f'Wrote {out}/results.md, results.csv, results.json, curves.png'
