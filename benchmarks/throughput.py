@@ -239,9 +239,9 @@ def memory_probe(args) -> None:
     impl, mode, dtype_name = args.memory_probe.split(',')
     device = torch.device(args.device)
     models = build_models(args)
-    model = models[impl].to(device)
+    model, img_size = models[impl].to(device), models['ours'].img_size
     del models
-    x = torch.randn(args.batch_size, model_in_chans(model), *args.img_size, device=device)
+    x = torch.randn(args.batch_size, model_in_chans(model), *img_size, device=device)
     y = torch.randint(0, 2, (args.batch_size,), device=device)
     step = make_step(model, mode, DTYPES[dtype_name], x, y, args.adamw)
     step()  # creates the optimizer state
@@ -320,9 +320,7 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--csv', default=None, help='write the rows to this CSV file')
     parser.add_argument('--memory-probe', default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    args.img_size = None
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> List[Row]:
@@ -330,8 +328,6 @@ def main(argv=None) -> List[Row]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    ours_img = build_ours(args.model).img_size
-    args.img_size = ours_img
     if args.memory_probe:
         memory_probe(args)
         return []
@@ -340,6 +336,7 @@ def main(argv=None) -> List[Row]:
         if d not in DTYPES:
             raise ValueError(f'Unknown dtype {d!r}; expected one of {list(DTYPES)}.')
     models = build_models(args)
+    ours_img = models['ours'].img_size
     models = {k: m.to(device) for k, m in models.items() if k in args.impls.split(',')}
     ref_name = 'official' if 'official' in models else 'ours'
     g = torch.Generator().manual_seed(args.seed)

@@ -18,6 +18,7 @@ from typing import List, Optional
 import timm_cct  # noqa: F401  (registers the models)
 from timm_cct.recipes import config_path, list_configs
 
+
 def check_script(script: str) -> Path:
     """The path of ``script``; ValueError when it is not a file."""
     path = Path(script)

@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import timm
 
 _ATTENTION_OPS = ('scaled_dot_product',)
+FAMILY_PATTERNS = ('cct_*', 'cvt_*', 'vit_lite_*')
 
 
 @dataclass
@@ -52,7 +53,7 @@ def model_cost(model: torch.nn.Module, input_size: Optional[Sequence[int]] = Non
     )
 
 
-def all_costs(patterns: Sequence[str] = ('cct_*', 'cvt_*', 'vit_lite_*')) -> List[ModelCost]:
+def all_costs(patterns: Sequence[str] = FAMILY_PATTERNS) -> List[ModelCost]:
     import timm_cct  # noqa: F401  (registers the models)
     costs = []
     for name in timm.list_models(list(patterns)):
@@ -75,7 +76,7 @@ def markdown_table(costs: Sequence[ModelCost]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('patterns', nargs='*', default=['cct_*', 'cvt_*', 'vit_lite_*'])
+    parser.add_argument('patterns', nargs='*', default=list(FAMILY_PATTERNS))
     parser.add_argument('--csv', help='also write the figures to this CSV file')
     args = parser.parse_args(argv)
     costs = all_costs(args.patterns)
