@@ -1,16 +1,14 @@
-"""CPU fast paths: chunked attention with dropout and its 16-bit keep-mask, fused stochastic depth, chunked
-inference."""
+"""timm_cct.cpu_kernels: chunked attention with dropout and its 16-bit keep-mask, chunked inference; where the
+model enters them, and the settings that switch them off."""
 import math
 
 import pytest
 import timm
 import torch
-from timm.layers import DropPath
 
-import timm_cct.cct
-from timm_cct import cpu_attention
-from timm_cct.cpu_attention import dropout_attention, keep_mask
-from timm_cct.layers import Attention, add_drop_path, multi_head_attention
+from timm_cct import cpu_kernels
+from timm_cct.cpu_kernels import dropout_attention, keep_mask
+from timm_cct.layers import Attention, multi_head_attention
 
 
 def _reference(qkv: torch.Tensor, num_heads: int, scale: float, keep: torch.Tensor, share: float) -> torch.Tensor:
@@ -32,7 +30,7 @@ def test_keep_mask_drop_rate():
 @pytest.mark.parametrize('chunk_elements', [4, 100, 2 ** 20])
 @pytest.mark.parametrize('shape', [[3, 17, 17], [2, 5, 5], [1, 1, 1]])
 def test_keep_mask_does_not_depend_on_the_block_size(monkeypatch, chunk_elements, shape):
-    monkeypatch.setattr(cpu_attention, 'CHUNK_ELEMENTS', chunk_elements)
+    monkeypatch.setattr(cpu_kernels, 'CHUNK_ELEMENTS', chunk_elements)
     torch.manual_seed(0)
     keep, _ = keep_mask(shape, 0.1, torch.device('cpu'))
     torch.manual_seed(0)  # the same numbers drawn at once: int16 quarters of 64-bit words, first ones first
@@ -48,7 +46,7 @@ def test_keep_mask_does_not_depend_on_the_block_size(monkeypatch, chunk_elements
     ((7, 10, 2, 4), 450),  # chunks of two images, the last one shorter
 ])
 def test_matches_reference_with_same_mask(monkeypatch, shape, chunk_elements):
-    monkeypatch.setattr(cpu_attention, 'CHUNK_ELEMENTS', chunk_elements)
+    monkeypatch.setattr(cpu_kernels, 'CHUNK_ELEMENTS', chunk_elements)
     B, N, H, d = shape
     g = torch.Generator().manual_seed(1)
     qkv = torch.randn(B, N, 3 * H * d, generator=g, dtype=torch.float64, requires_grad=True)
@@ -79,7 +77,7 @@ def test_is_unbiased():
     qkv = torch.randn(1, 16, 3 * 16, generator=g)
     torch.manual_seed(0)
     mean = torch.stack([dropout_attention(qkv, 2, 8 ** -0.5, 0.1) for _ in range(2000)]).mean(0)
-    expected = multi_head_attention(qkv, 2, 0., 8 ** -0.5, True)
+    expected = multi_head_attention(qkv, 2, 8 ** -0.5, 0., True)
     torch.testing.assert_close(mean, expected, atol=0.03, rtol=0)
 
 
@@ -97,36 +95,80 @@ def test_bf16_autocast_gradients_close_to_fp32():
     torch.testing.assert_close(got, ref, atol=0.05, rtol=0.05)
 
 
-def test_attention_layer_takes_the_chunked_path_only_in_cpu_training(monkeypatch):
+def _count_kernel_calls(monkeypatch):
     calls = []
-    monkeypatch.setattr(cpu_attention._DropoutAttention, 'apply', lambda *a: calls.append(a) or a[0][..., :32])
+    real = cpu_kernels._DropoutAttention.apply
+    monkeypatch.setattr(cpu_kernels._DropoutAttention, 'apply', lambda *a: calls.append(a) or real(*a))
+    return calls
+
+
+def test_attention_layer_takes_the_chunked_path_only_in_cpu_training(monkeypatch):
+    calls = _count_kernel_calls(monkeypatch)
     layer = Attention(32, num_heads=4, attn_drop=0.1)
     x = torch.randn(2, 8, 32)
     layer.eval()(x)
     assert not calls
     layer.train()(x)
     assert len(calls) == 1
+    layer(x[:0])  # an empty batch takes the reference path
+    assert len(calls) == 1
 
 
-@pytest.mark.parametrize('drop_prob', [0.3, 1.0])
-def test_add_drop_path_matches_timm_drop_path(drop_prob):
+@pytest.mark.parametrize('switch', ['set_enabled', 'fused_attn', 'exportable'])
+def test_settings_switch_the_kernel_off(monkeypatch, switch):
+    calls = _count_kernel_calls(monkeypatch)
+    if switch == 'set_enabled':
+        monkeypatch.setattr(cpu_kernels, '_ENABLED', True)
+        cpu_kernels.set_enabled(False)
+        layer = Attention(32, num_heads=4, attn_drop=0.1).train()
+    elif switch == 'fused_attn':  # TIMM_FUSED_ATTN=0 sets timm's flag the same way
+        monkeypatch.setattr(timm.layers.config, '_USE_FUSED_ATTN', 0)
+        layer = Attention(32, num_heads=4, attn_drop=0.1).train()
+        assert not layer.fused_attn
+    else:
+        monkeypatch.setattr(timm.layers.config, '_EXPORTABLE', True)
+        layer = Attention(32, num_heads=4, attn_drop=0.1).train()
+    layer(torch.randn(2, 8, 32))
+    x = torch.randn(9, 3, 32, 32)
+    model = timm.create_model('cct_2_3x2_32').eval()
+    with torch.no_grad():
+        assert model._cpu_inference_chunk(x) == 0
+    assert not calls
+
+
+def test_kernel_switch_from_environment():
+    import subprocess
+    import sys
+    code = 'import timm_cct.cpu_kernels as k; print(k.enabled())'
+    for value, expected in (('0', 'False'), ('off', 'False'), ('1', 'True')):
+        out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                             env={**__import__('os').environ, 'TIMM_CCT_CPU_KERNELS': value}, check=True)
+        assert out.stdout.strip() == expected
+
+
+def test_reference_path_without_fused_attention_is_the_official_computation(monkeypatch):
+    """With fused attention off, a training step on CPU runs dropout(softmax((q @ k^T) * scale)) @ v with torch's
+    own dropout: the same numbers as the official code for the same RNG state."""
+    monkeypatch.setattr(timm.layers.config, '_USE_FUSED_ATTN', 0)
+    layer = Attention(32, num_heads=4, attn_drop=0.2).train()
+    x = torch.randn(2, 8, 32)
+    torch.manual_seed(11)
+    got = layer(x)
+    qkv = layer.qkv(x).reshape(2, 8, 3, 4, 8).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    torch.manual_seed(11)
+    attn = torch.nn.functional.dropout(((q @ k.transpose(-2, -1)) * layer.scale).softmax(-1), 0.2)
+    want = layer.proj((attn @ v).transpose(1, 2).reshape(2, 8, 32))
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_every_path_honours_scale(fused):
     g = torch.Generator().manual_seed(6)
-    x, branch = torch.randn(2, 16, 5, 8, generator=g).unbind(0)
-    torch.manual_seed(1)
-    got = add_drop_path(x, branch, drop_prob, True)
-    torch.manual_seed(1)
-    expected = x + DropPath(drop_prob)(branch)
-    torch.testing.assert_close(got, expected)
-    for sample in range(x.shape[0]):  # each sample either keeps x alone or gets the rescaled branch
-        dropped = torch.equal(got[sample], x[sample])
-        assert dropped or torch.allclose(got[sample], x[sample] + branch[sample] / (1. - drop_prob))
-        assert dropped or drop_prob < 1.
-
-
-def test_add_drop_path_is_identity_plus_branch_in_eval():
-    x, branch = torch.randn(2, 4, 3, 8).unbind(0)
-    assert torch.equal(add_drop_path(x, branch, 0.5, False), x + branch)
-    assert torch.equal(add_drop_path(x, branch, 0., True), x + branch)
+    qkv = torch.randn(2, 5, 3 * 8, generator=g)
+    q, k, v = qkv.reshape(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+    want = (((q @ k.transpose(-2, -1)) * 0.7).softmax(-1) @ v).transpose(1, 2).reshape(2, 5, 8)
+    torch.testing.assert_close(multi_head_attention(qkv, 2, 0.7, 0., fused), want)
 
 
 @pytest.mark.parametrize('name,chunk_tokens', [
@@ -138,25 +180,25 @@ def test_chunked_inference_equals_whole_batch(monkeypatch, name, chunk_tokens):
     x = torch.randn(7, 3, 32, 32)
     with torch.no_grad():
         whole = model(x)
-        assert model._inference_chunk(x) == 0  # 7 images fit in one chunk of 4096 tokens
-        monkeypatch.setattr(timm_cct.cct, 'CPU_INFERENCE_TOKENS', chunk_tokens)
-        assert model._inference_chunk(x) == 2
+        assert model._cpu_inference_chunk(x) == 0  # 7 images fit in one chunk of 4096 tokens
+        monkeypatch.setattr(cpu_kernels, 'INFERENCE_TOKENS', chunk_tokens)
+        assert model._cpu_inference_chunk(x) == 2
         calls = []
-        monkeypatch.setattr(model, 'forward_features', lambda t: calls.append(len(t)) or type(model).forward_features(model, t))
+        monkeypatch.setattr(model, '_forward_features', lambda t: calls.append(len(t)) or type(model)._forward_features(model, t))
         chunked = model(x)
     assert calls == [2, 2, 2, 1]
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
 
 
 def test_no_chunking_with_autograd_or_in_training(monkeypatch):
-    monkeypatch.setattr(timm_cct.cct, 'CPU_INFERENCE_TOKENS', 64)
+    monkeypatch.setattr(cpu_kernels, 'INFERENCE_TOKENS', 64)
     model = timm.create_model('cct_2_3x2_32').eval()  # 8 x 8 tokens an image: 1 image a chunk
     x = torch.randn(3, 3, 32, 32)
-    assert model._inference_chunk(x) == 0  # gradients enabled
+    assert model._cpu_inference_chunk(x) == 0  # gradients enabled
     with torch.no_grad():
-        assert model._inference_chunk(x) == 1
-        assert model._inference_chunk(x[:1]) == 0  # a single chunk anyway
-        assert model.train()._inference_chunk(x) == 0
+        assert model._cpu_inference_chunk(x) == 1
+        assert model._cpu_inference_chunk(x[:1]) == 0  # a single chunk anyway
+        assert model.train()._cpu_inference_chunk(x) == 0
 
 
 def test_full_attention_dropout_gives_zeros_in_training():

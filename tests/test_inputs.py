@@ -104,7 +104,7 @@ def test_non_square_needs_dynamic_size_or_img_size():
 
 
 @pytest.mark.parametrize('arg, value, expected', [
-    ('global_pool', 'max', "['seq', 'token', 'avg', '']"),
+    ('global_pool', 'mean', "['seq', 'token', 'avg', 'max', 'avgmax', '']"),
     ('pos_embed', 'rope', "['learnable', 'sine', 'none']"),
 ])
 def test_unknown_choice(arg, value, expected):
@@ -114,7 +114,7 @@ def test_unknown_choice(arg, value, expected):
 
 def test_unknown_global_pool_in_reset_classifier():
     model = timm.create_model('cct_2_3x2_32')
-    _raises(ValueError, lambda: model.reset_classifier(5, 'max'), "global_pool='max'", "'seq', 'token'")
+    _raises(ValueError, lambda: model.reset_classifier(5, 'mean'), "global_pool='mean'", "'seq', 'token'")
 
 
 def test_token_pool_needs_class_token():

@@ -8,6 +8,7 @@ The three families differ only in configuration:
 - CVT: patch tokenizer + SeqPool (attention-based sequence pooling).
 - CCT: convolutional tokenizer ([conv -> ReLU -> max-pool] x n) + SeqPool.
 """
+import contextlib
 import difflib
 import inspect
 import re
@@ -16,24 +17,27 @@ from typing import Any, Dict, List, Optional, Set, Tuple, Type, Union
 import torch
 import torch.nn as nn
 
-from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.layers import global_pool_nlc, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
 try:
     from timm.layers import is_exporting
 except ImportError:  # timm releases without it
     def is_exporting() -> bool:
         return False
-from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
+try:  # timm >= 1.0.31 keeps the model's current input size apart from its pretrained cfg
+    from timm.models._input import update_model_input_size
+except ImportError:
+    update_model_input_size = None
 
+from . import cpu_kernels
 from .layers import Block, SeqPool, Tokenizer, check_image_input, sine_pos_embed
-from .loading import checked_filter, read_pretrained
+from .loading import CheckpointError, check_state_dict, pretrained_filter, prepare_pretrained_load, pretrained_load_errors
 
-__all__ = ['CompactTransformer', 'checkpoint_filter_fn']
+__all__ = ['CompactTransformer', 'checkpoint_filter_fn', 'official_to_timm_key', 'timm_to_official_key']
 
 POS_EMBEDS = ('learnable', 'sine', 'none')
-GLOBAL_POOLS = ('seq', 'token', 'avg', '')
-CPU_INFERENCE_TOKENS = 4096
-"""Tokens per chunk in eager CPU inference: activations of a few MB, which stay in cache between layers."""
+GLOBAL_POOLS = ('seq', 'token', 'avg', 'max', 'avgmax', '')
 
 
 def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
@@ -167,7 +171,7 @@ class CompactTransformer(nn.Module):
         self.pos_embed_type = pos_embed
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
-        self.img_size = _pair(img_size)
+        self.img_size = _img_size(img_size)
 
         self.tokenizer = Tokenizer(
             in_chans, embed_dim, kernel_size, stride, padding,
@@ -207,19 +211,28 @@ class CompactTransformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
         self.init_weights()
+        # official checkpoints (and ours) load through every path that calls load_state_dict
+        self.register_load_state_dict_pre_hook(_convert_official_state_dict)
 
     # -- initialisation ---------------------------------------------------------------------------
 
+    @torch.no_grad()
     def init_weights(self) -> None:
-        """Official init: Linear trunc-normal(0.02), conv Kaiming-normal, learnable position
-        embedding trunc-normal(0.2), class token zeros; the sine table is regenerated."""
+        """Official init: Linear trunc-normal(0.02), conv Kaiming-normal (a patch conv's bias as PyTorch's
+        default), learnable position embedding trunc-normal(0.2), class token zeros; the sine table is rebuilt."""
         self.apply(_init_weights)
         if self.pos_embed_type == 'learnable':
             trunc_normal_(self.pos_embed, std=0.2)
-        elif self.pos_embed_type == 'sine':
-            self.pos_embed.copy_(sine_pos_embed(self.pos_embed.shape[1], self.embed_dim, device=self.pos_embed.device))
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
+        self.init_non_persistent_buffers()
+
+    @torch.no_grad()
+    def init_non_persistent_buffers(self) -> None:
+        """Rebuild the computed sine table (timm's ``reinit_non_persistent_buffers`` calls this after ``to_empty``)."""
+        if self.pos_embed_type == 'sine':
+            self.pos_embed.copy_(sine_pos_embed(
+                self.pos_embed.shape[1], self.embed_dim, self.pos_embed.device, self.pos_embed.dtype))
 
     # -- timm model API -------------------------------------------------------------------------
 
@@ -244,12 +257,14 @@ class CompactTransformer(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the classifier (0 removes it); optionally change the pooling."""
-        ref = next(self.parameters())
-        dd = {'device': ref.device, 'dtype': ref.dtype}
+        _check_int('num_classes', num_classes, 0)
         if global_pool is not None:
             _check_choice('global_pool', global_pool, GLOBAL_POOLS)
             if global_pool == 'token' and self.cls_token is None:
                 raise ValueError("global_pool='token' needs a class token; this model has none.")
+        ref = self.norm.weight if isinstance(getattr(self.norm, 'weight', None), torch.Tensor) else next(self.parameters())
+        dd = {'device': ref.device, 'dtype': ref.dtype}
+        if global_pool is not None:
             if global_pool == 'seq' and self.seq_pool is None:
                 self.seq_pool = SeqPool(self.embed_dim, **dd).train(self.training)
                 self.seq_pool.apply(_init_weights)
@@ -262,8 +277,9 @@ class CompactTransformer(nn.Module):
 
     def set_input_size(self, img_size: Union[int, Tuple[int, int]]) -> None:
         """Rebuild the position embedding for a new input size (learnable: resampled; sine: regenerated)."""
-        _check_min_size(_pair(img_size), self.tokenizer.min_size)
-        self.img_size = _pair(img_size)
+        img_size = _img_size(img_size)
+        _check_min_size(img_size, self.tokenizer.min_size)
+        self.img_size = img_size
         self.feat_size, old_size = self.tokenizer.feat_size(self.img_size), self.feat_size
         if self.pos_embed_type == 'learnable':
             requires_grad = self.pos_embed.requires_grad
@@ -274,6 +290,7 @@ class CompactTransformer(nn.Module):
         elif self.pos_embed_type == 'sine':
             num_pos = self.feat_size[0] * self.feat_size[1] + self.num_prefix_tokens
             self.pos_embed = sine_pos_embed(num_pos, self.embed_dim, self.pos_embed.device, self.pos_embed.dtype)
+        record_input_size(self)
 
     # -- forward --------------------------------------------------------------------------------
 
@@ -303,6 +320,13 @@ class CompactTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> normalised tokens (B, N, D), class token first for ViT-Lite."""
+        if not torch.jit.is_scripting():
+            step = self._cpu_inference_chunk(x)
+            if step:  # see timm_cct.cpu_kernels: a few images at a time, so that activations stay in cache
+                return torch.cat([self._forward_features(chunk) for chunk in x.split(step)])
+        return self._forward_features(x)
+
+    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self._embed(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
@@ -310,42 +334,27 @@ class CompactTransformer(nn.Module):
             x = self.blocks(x)
         return self.norm(x)
 
+    @torch.jit.unused
+    def _cpu_inference_chunk(self, x: torch.Tensor) -> int:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:  # the checks in _embed report it
+            return 0
+        h, w = self.tokenizer.feat_size((x.shape[2], x.shape[3]))
+        return cpu_kernels.inference_chunk(x, h * w + self.num_prefix_tokens, self.training)
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (B, N, D) -> pooled features (B, D) by ``global_pool``; unchanged for ''."""
         if self.seq_pool is not None:
             return self.seq_pool(x)
-        if self.global_pool == 'token':
-            return x[:, 0]
-        if self.global_pool == 'avg':
-            return x[:, self.num_prefix_tokens:].mean(dim=1)
-        return x
+        return global_pool_nlc(x, pool_type=self.global_pool, num_prefix_tokens=self.num_prefix_tokens)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(self.pool(x))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            step = self._inference_chunk(x)
-            if step:  # eager CPU inference: a few images at a time, so that activations stay in cache
-                return torch.cat([self.forward_head(self.forward_features(chunk)) for chunk in x.split(step)])
-        return self.forward_head(self.forward_features(x))
-
-    @torch.jit.unused
-    def _inference_chunk(self, x: torch.Tensor) -> int:
-        """Images per chunk of about ``CPU_INFERENCE_TOKENS`` tokens for eager CPU inference; 0 for no split.
-
-        Every image is computed independently, so splitting changes nothing but the speed (at batch 64, CCT-7/3x1
-        runs about 1.4x faster in chunks of 16). Training, autograd, other devices, tracing, scripting, compiling
-        and export see the whole batch.
-        """
-        if (self.training or torch.is_grad_enabled()
-                or not isinstance(x, torch.Tensor) or x.dim() != 4 or x.device.type != 'cpu'  # FX proxies too
-                or torch.jit.is_tracing() or torch.compiler.is_compiling() or is_exporting()):
-            return 0
-        h, w = self.tokenizer.feat_size((x.shape[2], x.shape[3]))
-        step = max(1, CPU_INFERENCE_TOKENS // max(1, h * w + self.num_prefix_tokens))
-        return step if x.shape[0] > step else 0
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x
 
     def forward_intermediates(
             self,
@@ -413,6 +422,18 @@ class CompactTransformer(nn.Module):
             self.reset_classifier(0, '')
         return take_indices
 
+    def load_state_dict(self, state_dict: Dict[str, Any], strict: bool = True, **kwargs):
+        """``nn.Module.load_state_dict`` for official or our own state dicts; a strict load of one that does not fit
+        raises ``CheckpointError`` listing what differs (official keys are converted by a pre-hook, which also
+        serves loads into a module that contains this model)."""
+        if strict:
+            try:
+                converted = _convert(dict(state_dict), self)
+            except ValueError as e:
+                raise CheckpointError(f'Could not convert the state dict given to load_state_dict: {e}') from None
+            check_state_dict(converted, self, 'given to load_state_dict', pretrained_cfg={})
+        return super().load_state_dict(state_dict, strict=strict, **kwargs)
+
     @torch.jit.ignore
     def seq_pool_weights(self, x: torch.Tensor) -> torch.Tensor:
         """SeqPool weight of every image token, as a (B, h, w) map over the token grid.
@@ -427,11 +448,12 @@ class CompactTransformer(nn.Module):
         return weights.reshape(x.shape[0], grid[0], grid[1])
 
 
-def _pair(size: Union[int, Tuple[int, int], List[int]]) -> Tuple[int, int]:
-    sizes = [size, size] if not isinstance(size, (tuple, list)) else list(size)
-    if len(sizes) != 2:
+def _img_size(size: Union[int, Tuple[int, int], List[int]]) -> Tuple[int, int]:
+    """``img_size`` as (height, width), checked."""
+    sizes = to_2tuple(size) if not isinstance(size, str) else (size,)
+    if isinstance(size, (tuple, list)) and len(sizes) != 2:
         raise ValueError(f'Expected img_size as an int or (height, width), got {size!r}.')
-    if any(isinstance(s, bool) or not hasattr(s, '__index__') for s in sizes):
+    if len(sizes) != 2 or any(isinstance(v, bool) or not hasattr(v, '__index__') for v in sizes):
         raise TypeError(f'Expected img_size as an int or (height, width) ints, got {size!r}.')
     return int(sizes[0]), int(sizes[1])
 
@@ -446,6 +468,10 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Conv2d):
         nn.init.kaiming_normal_(module.weight)
+        if module.bias is not None:  # PyTorch's default for a conv bias, which the official code keeps
+            fan_in = module.weight.shape[1] * module.weight[0, 0].numel()
+            bound = 1. / fan_in ** 0.5
+            nn.init.uniform_(module.bias, -bound, bound)
 
 
 def resample_pos_embed(
@@ -499,34 +525,67 @@ def timm_to_official_key(key: str) -> str:
     return _rename(key, to_official=True)
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CompactTransformer) -> Dict[str, torch.Tensor]:
-    """Convert an official (or our own) state dict for ``model``.
-
-    Renames official keys, strips a DDP ``module.`` prefix, drops a stored sine table (the model
-    regenerates it; a table that is not the sine table is refused), and resamples a learnable
-    position embedding of another grid size bilinearly.
-    """
+def _convert(state_dict: Dict[str, torch.Tensor], model: CompactTransformer) -> Dict[str, torch.Tensor]:
+    """Official (or our own) state dict -> our keys: unwrap ``state_dict``, strip a DDP ``module.`` prefix, rename,
+    and drop a stored sine table (the model rebuilds it; a table that is not the sine table is refused)."""
     if 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
         state_dict = state_dict['state_dict']
     out = {}
     for key, value in state_dict.items():
-        if key.startswith('module.'):
+        if isinstance(key, str) and key.startswith('module.'):
             key = key[len('module.'):]
-        out[official_to_timm_key(key)] = value
+        out[official_to_timm_key(key) if isinstance(key, str) else key] = value
 
     pos = out.get('pos_embed')
-    if pos is not None and model.pos_embed_type == 'sine':
+    if isinstance(pos, torch.Tensor) and model.pos_embed_type == 'sine':
         out.pop('pos_embed')
-        expected = sine_pos_embed(pos.shape[1], pos.shape[-1]) if pos.dim() == 3 else None
+        expected = sine_pos_embed(pos.shape[1], pos.shape[-1], device=pos.device) if pos.dim() == 3 else None
         if (expected is None or pos.shape[-1] != model.embed_dim
                 or not torch.allclose(pos.float(), expected, atol=1e-4)):
             raise ValueError(
                 'The checkpoint holds a learned position embedding, but the model uses the frozen sine table '
                 '(pos_embed="sine"); load it into the learnable variant (the model name without "_sine").')
-    elif (pos is not None and model.pos_embed_type == 'learnable' and pos.shape != model.pos_embed.shape
-          and _resampleable(pos, model)):
+    return out
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CompactTransformer) -> Dict[str, torch.Tensor]:
+    """Convert an official (or our own) state dict for ``model``.
+
+    Renames official keys, strips a DDP ``module.`` prefix, drops a stored sine table, resamples a learnable position
+    embedding of another grid size bilinearly, and adapts the pooling head to the model's: SeqPool weights are dropped
+    when the model pools otherwise, and a model that pools with SeqPool keeps its own new SeqPool when the checkpoint
+    comes from a class-token model without one (as timm keeps a new classifier).
+    """
+    out = _convert(state_dict, model)
+    has_seq_pool = any(isinstance(k, str) and k.startswith('seq_pool.') for k in out)
+    if model.seq_pool is None:
+        out = {k: v for k, v in out.items() if not (isinstance(k, str) and k.startswith('seq_pool.'))}
+    elif not has_seq_pool and 'cls_token' in out:
+        out.update({f'seq_pool.{k}': v for k, v in model.seq_pool.state_dict().items()})
+
+    pos = out.get('pos_embed')
+    if (isinstance(pos, torch.Tensor) and model.pos_embed_type == 'learnable' and pos.shape != model.pos_embed.shape
+            and _resampleable(pos, model)):
         out['pos_embed'] = resample_pos_embed(pos, model.feat_size, None, model.num_prefix_tokens)
     return out
+
+
+def _convert_official_state_dict(
+        module: CompactTransformer, state_dict: Dict[str, Any], prefix: str, local_metadata: Dict[str, Any],
+        strict: bool, missing_keys: List[str], unexpected_keys: List[str], error_msgs: List[str],
+) -> None:
+    """``load_state_dict`` pre-hook: an official checkpoint loads wherever timm loads one (``checkpoint_path=``,
+    ``load_checkpoint``, ``validate.py --checkpoint``, ``train.py --initial-checkpoint``)."""
+    keys = [k for k in state_dict if isinstance(k, str) and k.startswith(prefix)]
+    ours = {k[len(prefix):]: state_dict[k] for k in keys}
+    try:
+        converted = _convert(ours, module)
+    except ValueError as e:
+        raise CheckpointError(f'Could not convert the state dict given to load_state_dict: {e}') from None
+    if converted.keys() != ours.keys():
+        for key in keys:
+            del state_dict[key]
+        state_dict.update({prefix + k: v for k, v in converted.items()})
 
 
 def _resampleable(pos: torch.Tensor, model: CompactTransformer) -> bool:
@@ -537,36 +596,42 @@ def _resampleable(pos: torch.Tensor, model: CompactTransformer) -> bool:
     return pos.dim() == 3 and pos.shape[0] == 1 and pos.shape[-1] == model.embed_dim and side * side == num_grid
 
 
-def create_compact_transformer(variant: str, pretrained: bool = False, **kwargs) -> CompactTransformer:
-    """Build a registered variant through timm's builder (pretrained cfg, filter, features_only).
+def record_input_size(model: nn.Module) -> None:
+    """Tell timm the model's current input size, so that its data config and ``save_for_hf`` describe it.
 
-    With ``pretrained=True`` the weights are read here (file, URL, Hub repository or local folder, with
-    errors that name the source and the ways out), converted by ``checkpoint_filter_fn`` and checked
-    against the model before timm loads them strictly; see ``timm_cct.loading``.
+    timm >= 1.0.31 keeps it apart from the pretrained cfg (which describes the source weights); older timm reads it
+    from the pretrained cfg, which is then updated (as a copy: registered cfgs are shared).
+    """
+    size = tuple(model.img_size)
+    if update_model_input_size is not None:
+        update_model_input_size(model, size)
+        return
+    cfg = getattr(model, 'pretrained_cfg', None)
+    if isinstance(cfg, dict) and tuple(cfg.get('input_size', ())[1:]) != size:
+        model.pretrained_cfg = model.default_cfg = dict(cfg, input_size=(model.in_chans, *size))
+
+
+def create_compact_transformer(variant: str, pretrained: bool = False, **kwargs) -> CompactTransformer:
+    """Build a registered variant through timm's builder (pretrained cfg, weight loading, features_only).
+
+    Pretrained weights are read by timm's own loader from any source it knows; ``checkpoint_filter_fn`` converts
+    them, and ``timm_cct.loading`` checks local files before timm reads them, checks the converted weights against
+    the model, and names the source in every error.
     """
     out_indices = kwargs.pop('out_indices', min(3, kwargs.get('depth', 3)))  # the last 3 blocks
-    filter_fn = checkpoint_filter_fn
-    cfg = None
+    context = contextlib.nullcontext()
     if pretrained:
-        cfg = resolve_pretrained_cfg(
-            variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay')).to_dict()
-        label, state_dict = read_pretrained(cfg, cache_dir=kwargs.get('cache_dir'))
-        filter_fn = checked_filter(checkpoint_filter_fn, label, cfg)
-        # hand the state dict already read to timm's loader (it then applies the filter, adapts the
-        # first conv / classifier and loads strictly); the source fields are restored below
-        kwargs['pretrained_cfg_overlay'] = dict(
-            kwargs.get('pretrained_cfg_overlay') or {}, state_dict=state_dict, source='')
-    model = build_model_with_cfg(
-        CompactTransformer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
-    if cfg is not None:
-        for module in model.modules():
-            module_cfg = getattr(module, 'pretrained_cfg', None)
-            if isinstance(module_cfg, dict):
-                module_cfg.update(state_dict=cfg.get('state_dict'), source=cfg.get('source'))
+        kwargs = prepare_pretrained_load(variant, kwargs)
+        context = pretrained_load_errors(variant, kwargs)
+    with context:
+        model = build_model_with_cfg(
+            CompactTransformer,
+            variant,
+            pretrained,
+            pretrained_filter_fn=pretrained_filter(checkpoint_filter_fn),
+            feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+            **kwargs,
+        )
+    if isinstance(model, CompactTransformer) and update_model_input_size is None:
+        record_input_size(model)
     return model

@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from timm.layers import Mlp, register_notrace_function, use_fused_attn
+from timm.layers import DropPath, Mlp, register_notrace_function, use_fused_attn
 
-from .cpu_attention import dropout_attention
+from . import cpu_kernels
 
 __all__ = ['Tokenizer', 'Attention', 'Block', 'SeqPool', 'sine_pos_embed', 'check_image_input']
 
@@ -96,21 +96,26 @@ class Tokenizer(nn.Module):
         return self.layers(x)
 
 
-@register_notrace_function  # a leaf for FX: it branches on the device
+@register_notrace_function  # a leaf for FX: it chooses a kernel by device
 def multi_head_attention(
         qkv: torch.Tensor,
         num_heads: int,
-        dropout_p: float,
         scale: float,
+        dropout_p: float,
         fused: bool,
 ) -> torch.Tensor:
-    """``softmax(q @ k^T * scale)`` with dropout, ``@ v``, heads merged: (B, N, 3 * C) fused qkv -> (B, N, C)."""
+    """``dropout(softmax(q @ k^T * scale)) @ v`` with heads merged: (B, N, 3 * C) fused qkv -> (B, N, C).
+
+    ``fused`` runs ``F.scaled_dot_product_attention``; otherwise the explicit reference computation of the official
+    code runs, on every device. Training on CPU with dropout runs ``timm_cct.cpu_kernels.dropout_attention`` (the same
+    computation in cache-sized chunks) where ``timm_cct.cpu_kernels`` allows it.
+    """
     B, N, C3 = qkv.shape
-    if 0. < dropout_p < 1. and qkv.device.type == 'cpu' and not torch.jit.is_scripting() and not _compiling():
+    if not torch.jit.is_scripting() and _use_cpu_kernel(qkv, dropout_p, fused):
         return _cpu_dropout_attention(qkv, num_heads, scale, dropout_p)
     q, k, v = qkv.reshape(B, N, 3, num_heads, C3 // (3 * num_heads)).permute(2, 0, 3, 1, 4).unbind(0)
     if fused:
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
     else:
         attn = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1)
         x = F.dropout(attn, dropout_p, training=dropout_p > 0.) @ v
@@ -118,23 +123,21 @@ def multi_head_attention(
 
 
 @torch.jit.unused
-def _compiling() -> bool:
-    """Under torch.compile the plain ops are traced instead (the chunked autograd Function would break the graph)."""
-    return torch.compiler.is_compiling()
+def _use_cpu_kernel(qkv: torch.Tensor, dropout_p: float, fused: bool) -> bool:
+    return cpu_kernels.use_dropout_attention(qkv, dropout_p, fused)
 
 
 @torch.jit.unused
 def _cpu_dropout_attention(qkv: torch.Tensor, num_heads: int, scale: float, dropout_p: float) -> torch.Tensor:
-    """``timm_cct.cpu_attention.dropout_attention``, out of TorchScript's sight."""
-    return dropout_attention(qkv, num_heads, scale, dropout_p)
+    return cpu_kernels.dropout_attention(qkv, num_heads, scale, dropout_p)
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention (parameters ``qkv`` without bias, ``proj`` with bias, as in timm's ``Attention``).
+    """Multi-head self-attention with the parameters of timm's ``Attention`` (``qkv`` without bias, ``proj``).
 
-    Runs ``F.scaled_dot_product_attention`` when timm's ``use_fused_attn()`` allows it. On CPU, SDPA has no fused
-    kernel with dropout and falls back to a slow math path, so training with attention dropout on CPU runs
-    ``timm_cct.cpu_attention.dropout_attention`` instead (chunked, cache-resident, same result).
+    The reference computation is the official one, ``softmax((q @ k^T) * scale)``; timm's ``Attention`` scales ``q``
+    before the product, which rounds differently. Fused attention follows timm's ``use_fused_attn()``
+    (``TIMM_FUSED_ATTN``, ``exportable``).
     """
 
     def __init__(
@@ -162,21 +165,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dropout_p = self.attn_drop.p if self.training else 0.
-        x = multi_head_attention(self.qkv(x), self.num_heads, dropout_p, self.scale, self.fused_attn)
+        x = multi_head_attention(self.qkv(x), self.num_heads, self.scale, dropout_p, self.fused_attn)
         return self.proj_drop(self.proj(x))
-
-
-@register_notrace_function  # a leaf for FX: its shape arithmetic branches on training
-def add_drop_path(x: torch.Tensor, branch: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
-    """``x + drop_path(branch)`` in one pass: stochastic depth as timm's ``DropPath`` (whole samples dropped, the
-    kept ones scaled by ``1 / (1 - drop_prob)``), fused with the residual addition."""
-    if drop_prob == 0. or not training:
-        return x + branch
-    keep_prob = 1. - drop_prob
-    scale = branch.new_empty([branch.shape[0]] + [1] * (branch.dim() - 1)).bernoulli_(keep_prob)
-    if keep_prob > 0.:
-        scale.div_(keep_prob)
-    return torch.addcmul(x, branch, scale)
 
 
 class Block(nn.Module):
@@ -184,7 +174,6 @@ class Block(nn.Module):
 
     ``x = x + drop_path(attn(norm1(x)))``, then ``x = norm2(x)`` on the residual stream itself,
     then ``x = x + drop_path(mlp(x))``. Every official checkpoint depends on this post-attention norm.
-    ``drop_path`` is the stochastic depth probability of both residual branches.
     """
 
     def __init__(
@@ -205,13 +194,14 @@ class Block(nn.Module):
         self.norm1 = norm_layer(dim, **dd)
         self.attn = Attention(
             dim, num_heads=num_heads, qkv_bias=False, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
-        self.drop_path = drop_path
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm2(add_drop_path(x, self.attn(self.norm1(x)), self.drop_path, self.training))
-        return add_drop_path(x, self.mlp(x), self.drop_path, self.training)
+        x = self.norm2(x + self.drop_path1(self.attn(self.norm1(x))))
+        return x + self.drop_path2(self.mlp(x))
 
 
 class SeqPool(nn.Module):

@@ -1,30 +1,43 @@
-"""Loud pretrained-weight loading: read the checkpoint a pretrained cfg points at, and check it fits the model.
+"""Loud pretrained-weight loading on top of timm's own loader.
 
-Every failure names where the weights came from (file, URL, Hub repository or folder) and what is wrong
-with them: unreadable or damaged file, missing or unexpected keys, shapes that differ. Nothing loads
-half-way: the converted state dict must match the model key for key and shape for shape, apart from the
-changes timm itself makes on purpose (a new classifier for another ``num_classes``, an adapted first conv
-for another ``in_chans``).
+timm reads the weights (file, URL, Hugging Face Hub, local folder; with its settings: hash check, download
+progress, cache location, ``HF_HUB_OFFLINE``). timm-cct adds three things around it:
+
+- ``pretrained_filter``: the checkpoint filter timm applies, which converts an official checkpoint and then checks
+  the result against the model key for key and shape for shape, naming the source in every error;
+- ``prepare_pretrained_load``: checks made before timm reads a local file (it exists, it is a checkpoint by its
+  content, its zip CRCs are intact, and a pickle holds nothing but tensors where the installed timm would unpickle
+  without ``weights_only``);
+- ``pretrained_load_errors``: turns timm's, torch's and huggingface_hub's reading errors into one message that names
+  the source and the ways out.
+
+Nothing loads half-way: apart from the changes timm makes on purpose (a new classifier for another
+``num_classes``, an adapted first conv for another ``in_chans``), the converted state dict must fit exactly.
 """
+import argparse
+import contextlib
+import inspect
+import os
+import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from timm.models import load_state_dict
-from timm.models._hub import download_cached_file, hf_split
+from timm.models import load_state_dict, resolve_pretrained_cfg
 
 __all__ = [
-    'CheckpointError', 'WeightsUnavailableError', 'read_checkpoint_file', 'read_pretrained', 'check_state_dict',
-    'checked_filter',
+    'CheckpointError', 'WeightsUnavailableError', 'read_checkpoint_file', 'check_state_dict', 'pretrained_filter',
+    'prepare_pretrained_load', 'pretrained_load_errors', 'source_label',
 ]
 
-HUB_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
-LOCAL_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'pytorch_model.pth', 'model.pth')
-LOCAL_WEIGHT_EXTS = ('.safetensors', '.pth', '.pth.tar', '.bin')
+LOCAL_WEIGHT_EXTS = ('.safetensors', '.pth', '.pth.tar', '.pt', '.bin', '.ckpt')
 _MAX_LISTED = 12
+# timm before 1.0.26 unpickles with weights_only=False unless told otherwise
+_TIMM_READS_SAFELY = inspect.signature(load_state_dict).parameters.get('weights_only') is not None and \
+    inspect.signature(load_state_dict).parameters['weights_only'].default is True
 
 
 class CheckpointError(ValueError):
@@ -33,18 +46,6 @@ class CheckpointError(ValueError):
 
 class WeightsUnavailableError(RuntimeError):
     """The pretrained weights could not be fetched (no network, unknown Hub repository, no weights at all)."""
-
-
-def _ways_out(cfg: Dict[str, Any]) -> str:
-    name = _model_tag(cfg)
-    url = cfg.get('url') or ''
-    file_hint = Path(url).name if url else 'weights.pth'
-    return (
-        f'Two ways out: (1) get the file some other way and load it from disk with '
-        f"timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/{file_hint}')); "
-        f"(2) load a Hugging Face Hub mirror with pretrained_cfg_overlay=dict(hf_hub_id='<org>/<repo>') "
-        f"(or timm.create_model('hf-hub:<org>/<repo>', pretrained=True)); `python -m timm_cct.hub` makes one."
-    )
 
 
 def _model_tag(cfg: Dict[str, Any]) -> str:
@@ -57,114 +58,214 @@ def _listing(items: List[str]) -> str:
     return shown + (f', ... ({len(items) - _MAX_LISTED} more)' if len(items) > _MAX_LISTED else '')
 
 
+def _ways_out(cfg: Dict[str, Any]) -> str:
+    name = _model_tag(cfg)
+    url = cfg.get('url') or ''
+    file_hint = Path(url).name if url else 'weights.pth'
+    return (
+        f'Two ways out: (1) get the file some other way and load it from disk with '
+        f"timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/{file_hint}')); "
+        f"(2) load a Hugging Face Hub copy with timm.create_model('hf-hub:<org>/<repo>', pretrained=True), or a "
+        f"folder of one with timm.create_model('local-dir:/path/to/folder', pretrained=True); "
+        f'`python -m timm_cct.hub` writes such a folder.'
+    )
+
+
+def source_label(cfg: Dict[str, Any]) -> str:
+    """Where timm takes the weights of a resolved pretrained cfg from, in its own order of precedence."""
+    source = cfg.get('source') or ''
+    if source == 'hf-hub':
+        return f"the Hugging Face Hub repository {cfg.get('hf_hub_id')!r}"
+    if source == 'local-dir':
+        return f"the folder {cfg.get('file')}"
+    if cfg.get('state_dict'):
+        return 'the state dict given in pretrained_cfg'
+    if cfg.get('file'):
+        return str(cfg['file'])
+    if cfg.get('hf_hub_id'):
+        return f"the Hugging Face Hub repository {cfg.get('hf_hub_id')!r}"
+    if cfg.get('url'):
+        return str(cfg['url'])
+    return 'no source'
+
+
+# -- what a file is, by its content ------------------------------------------------------------
+
+def sniff(path: Path) -> str:
+    """'zip' (torch.save), 'pickle' (legacy torch.save), 'safetensors', or a short description of something else."""
+    with open(path, 'rb') as f:
+        head = f.read(512)
+    if head[:4] == b'PK\x03\x04':
+        return 'zip'
+    if head[:1] == b'\x80' or head[:2] in (b'}q', b'cc'):
+        return 'pickle'
+    if len(head) >= 9 and head[8:9] == b'{' and int.from_bytes(head[:8], 'little') < 100 * 2 ** 20:
+        return 'safetensors'
+    if head[:2] == b'\x1f\x8b':
+        return 'a gzip archive (e.g. .tar.gz), not a checkpoint'
+    if head[:6] == b'\x93NUMPY':
+        return 'a NumPy .npy array, not a checkpoint'
+    if head[257:262] == b'ustar':
+        return 'a tar archive, not a checkpoint'
+    if not head:
+        return 'an empty file'
+    return 'not a checkpoint'
+
+
 def _check_zip_crc(path: Path, label: str) -> None:
     """Files written by ``torch.save`` are zip archives with a CRC-32 per entry; torch does not check them."""
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
-        raise CheckpointError(f'Checkpoint {label} is damaged: its zip container cannot be read ({e}).') from e
+        raise CheckpointError(f'Checkpoint {label} is damaged: its zip container cannot be read ({e}).') from None
     if bad is not None:
         raise CheckpointError(
             f'Checkpoint {label} is damaged: entry {bad!r} fails its CRC-32 check (flipped or missing bytes).')
 
 
+def _unsafe_globals(path: Path) -> List[str]:
+    """Pickle globals a ``weights_only=True`` load would refuse (argparse.Namespace of timm train.py allowed)."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # not readable as a torch checkpoint: the reader itself reports it
+        return []
+    return [g for g in found if g != 'argparse.Namespace']
+
+
+def check_local_file(path: Union[str, Path], label: Optional[str] = None) -> Path:
+    """Check, before anything reads it, that ``path`` is a checkpoint file that can be read safely; return it."""
+    path = Path(os.path.expanduser(str(path)))
+    label = label or str(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f'Checkpoint {label} is a folder, not a file. Load a folder written by save_for_hf or '
+            f"`python -m timm_cct.hub` with timm.create_model('local-dir:{path}', pretrained=True), "
+            f'or name the weight file inside it.')
+    if not path.is_file():
+        raise FileNotFoundError(f'Checkpoint file not found: {label}.')
+    kind = sniff(path)
+    if kind == 'safetensors' and not path.name.endswith('.safetensors'):
+        raise CheckpointError(
+            f'Checkpoint {label} is a safetensors file, but its name does not end in .safetensors, which is how '
+            f'timm tells the formats apart; rename it to {path.stem}.safetensors.')
+    if kind not in ('zip', 'pickle', 'safetensors'):
+        raise CheckpointError(
+            f'Checkpoint {label} is {kind}. Expected a state dict saved with torch.save or a .safetensors file.')
+    if kind in ('zip', 'pickle') and path.name.endswith('.safetensors'):
+        raise CheckpointError(
+            f'Checkpoint {label} is named .safetensors but holds a torch.save pickle; rename it to {path.stem}.pth.')
+    if kind == 'zip':
+        _check_zip_crc(path, label)
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            raise CheckpointError(
+                f'Checkpoint {label} holds Python objects other than tensors ({_listing(unsafe)}), which are never '
+                f'unpickled (loading them could run arbitrary code). Save model.state_dict() with torch.save, '
+                f'or use safetensors.')
+    return path
+
+
 def read_checkpoint_file(path: Union[str, Path], label: Optional[str] = None, use_ema: bool = True) -> Dict[str, torch.Tensor]:
-    """Read a state dict from a ``torch.save`` file (pickles with ``weights_only=True``) or a safetensors file.
+    """Read a state dict with timm's reader (pickles with ``weights_only=True``), after ``check_local_file``.
 
     timm ``train.py`` checkpoints are unwrapped (``state_dict_ema`` if ``use_ema`` and present, else
     ``state_dict``) and DDP / ``torch.compile`` prefixes are stripped, as timm does.
     """
-    path = Path(path)
     label = label or str(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'Checkpoint file not found: {label}.')
-    if zipfile.is_zipfile(path):
-        _check_zip_crc(path, label)
+    path = check_local_file(path, label)
+    safe = getattr(torch.serialization, 'safe_globals', None)
     try:
-        # timm's reader: safetensors by suffix, otherwise torch.load(weights_only=True)
-        state_dict = load_state_dict(str(path), use_ema=use_ema)
+        with safe([argparse.Namespace]) if safe is not None else contextlib.nullcontext():
+            state_dict = load_state_dict(str(path), use_ema=use_ema, weights_only=True)
     except Exception as e:  # torch, pickle, zip and safetensors all raise their own types
         raise CheckpointError(
-            f'Could not read checkpoint {label}: {type(e).__name__}: {e}. Expected a state dict saved with '
-            f'torch.save (loaded with weights_only=True) or a .safetensors file.') from e
+            f'Could not read checkpoint {label}: {_reason(e)}. Expected a state dict saved with torch.save or a '
+            f'.safetensors file.') from None
+    _check_tensors(state_dict, label)
+    return state_dict
+
+
+def _reason(e: BaseException) -> str:
+    """An exception's text without advice to unpickle unsafely."""
+    text = str(e).split('\n')[0].strip()
+    if 'weights_only' in text or 'Weights only load failed' in text:
+        text = 'it holds Python objects other than tensors, which are never unpickled'
+    return f'{type(e).__name__}: {text}' if text else type(e).__name__
+
+
+def _check_tensors(state_dict: Any, label: str) -> None:
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f'Checkpoint {label} is not a state dict: it holds a {type(state_dict).__name__}.')
     bad = [f'{k!r} ({type(v).__name__})' for k, v in state_dict.items()
            if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(
             f'Checkpoint {label} is not a state dict of tensors; these entries are not tensors: {_listing(bad)}.')
-    return state_dict
 
 
-def _find_local_weights(folder: Path) -> Path:
-    for name in LOCAL_WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    for ext in LOCAL_WEIGHT_EXTS:
-        found = sorted(folder.glob(f'*{ext}'))
-        if found:
-            return found[0]
-    raise FileNotFoundError(
-        f'No weight file in {folder}; expected one of {list(LOCAL_WEIGHT_FILES)} or a file ending in '
-        f'{list(LOCAL_WEIGHT_EXTS)}.')
+# -- around timm's loader ----------------------------------------------------------------------
 
-
-def _download_hub(hub_id: str, filename: Optional[str], cfg: Dict[str, Any], cache_dir) -> Tuple[Path, str]:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-
-    repo, revision = hf_split(hub_id)
-    errors = []
-    for name in ([filename] if filename else HUB_WEIGHT_FILES):
-        try:
-            return Path(hf_hub_download(repo, name, revision=revision, cache_dir=cache_dir)), name
-        except EntryNotFoundError as e:  # also raised offline when the file is not in the local cache
-            errors.append(f'{name}: {type(e).__name__}')
-        except (RepositoryNotFoundError, RevisionNotFoundError, OSError, ValueError) as e:
-            errors.append(f'{name}: {type(e).__name__}: {e}')
-            break
-    raise WeightsUnavailableError(
-        f'Could not get the weights of {_model_tag(cfg)} from the Hugging Face Hub repository {hub_id!r} '
-        f'({"; ".join(errors)}). Without network the file must already be in the local Hub cache. '
-        + _ways_out(cfg))
-
-
-def read_pretrained(cfg: Dict[str, Any], cache_dir: Optional[Union[str, Path]] = None) -> Tuple[str, Dict[str, torch.Tensor]]:
-    """(description of the source, state dict) for the weights a resolved pretrained cfg points at.
-
-    Sources are tried in timm's order: a Hub ``source``, a local folder, a state dict, a file, a Hub id,
-    then the URL (downloaded into the torch hub cache, or read from it when already there).
-    """
+def prepare_pretrained_load(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Model kwargs for ``build_model_with_cfg`` with a local weight file or folder checked before timm reads it
+    (``~`` expanded)."""
+    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), overlay).to_dict()
     source = cfg.get('source') or ''
-    if source == 'hf-hub' or (source != 'local-dir' and not cfg.get('state_dict') and not cfg.get('file')
-                              and cfg.get('hf_hub_id')):
-        path, name = _download_hub(cfg['hf_hub_id'], cfg.get('hf_hub_filename'), cfg, cache_dir)
-        label = f"{path} ({name} of the Hub repository {cfg['hf_hub_id']!r})"
-        return label, read_checkpoint_file(path, label)
-    if source == 'local-dir':
-        path = _find_local_weights(Path(cfg['file']))
-        return str(path), read_checkpoint_file(path)
-    if cfg.get('state_dict'):
-        state_dict = cfg['state_dict']
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"pretrained_cfg state_dict must be a dict of tensors, got {type(state_dict).__name__}.")
-        return 'the state dict given in pretrained_cfg', dict(state_dict)
-    if cfg.get('file'):
-        return str(cfg['file']), read_checkpoint_file(cfg['file'])
-    url = cfg.get('url')
-    if not url:
-        raise WeightsUnavailableError(
-            f"{_model_tag(cfg)} has no pretrained weights (no url, file or hf_hub_id in its pretrained cfg); "
-            "timm.list_pretrained('cct_*') lists the models that do. Load your own file with "
-            "pretrained_cfg_overlay=dict(file=...), or use pretrained=False.")
+    if cfg.get('file') and source != 'hf-hub' and not cfg.get('state_dict'):
+        path = Path(os.path.expanduser(str(cfg['file'])))
+        if source == 'local-dir':
+            if not path.is_dir():
+                raise FileNotFoundError(f'Weight folder not found: {path}.')
+            for candidate in sorted(path.iterdir()):
+                if candidate.name.endswith(LOCAL_WEIGHT_EXTS) and not _TIMM_READS_SAFELY:
+                    check_local_file(candidate)
+        else:
+            check_local_file(path)
+        if str(path) != str(cfg['file']):
+            overlay['file'] = str(path)
+            kwargs = dict(kwargs, pretrained_cfg_overlay=overlay)
+    return kwargs
+
+
+_READ_ERRORS = (OSError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, AssertionError, AttributeError)
+try:
+    from safetensors import SafetensorError
+    _READ_ERRORS += (SafetensorError,)
+except ImportError:
+    pass
+
+
+@contextlib.contextmanager
+def pretrained_load_errors(variant: str, kwargs: Dict[str, Any]) -> Iterator[None]:
+    """Re-raise what timm's loader raises while reading pretrained weights as one clear error naming the source."""
     try:
-        path = download_cached_file(url, check_hash=False, progress=False, cache_dir=cache_dir)
-    except OSError as e:  # URLError, HTTPError, timeouts and refused connections are all OSErrors
-        raise WeightsUnavailableError(
-            f'Could not download the pretrained weights of {_model_tag(cfg)} from {url} '
-            f'({type(e).__name__}: {e}). ' + _ways_out(cfg)) from e
-    label = f'{path} (downloaded from {url})'
-    return label, read_checkpoint_file(path, label)
+        yield
+    except (CheckpointError, WeightsUnavailableError):
+        raise
+    except _READ_ERRORS as e:
+        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+        cfg = cfg.to_dict()
+        label = source_label(cfg)
+        if label == 'no source' or 'No pretrained weights exist' in str(e):
+            raise WeightsUnavailableError(
+                f"{_model_tag(cfg)} has no pretrained weights (no url, file or hf_hub_id in its pretrained cfg); "
+                "timm.list_pretrained('cct_*') lists the models that do. Load your own file with "
+                "pretrained_cfg_overlay=dict(file=...), or use pretrained=False.") from None
+        hub = 'Hugging Face Hub' in label
+        if hub or (label == str(cfg.get('url')) and isinstance(e, OSError) and not isinstance(e, FileNotFoundError)):
+            offline = os.environ.get('HF_HUB_OFFLINE', '') not in ('', '0')
+            hint = ('HF_HUB_OFFLINE is set, so only files already in the local Hub cache can be used. ' if offline
+                    else 'Without network, set HF_HUB_OFFLINE=1 to use the local Hub cache at once instead of '
+                         'retrying. ') if hub else ''
+            raise WeightsUnavailableError(
+                f'Could not get the pretrained weights of {_model_tag(cfg)} from {label} ({_reason(e)}). '
+                + hint + _ways_out(cfg)) from None
+        if isinstance(e, FileNotFoundError):
+            raise FileNotFoundError(f'Checkpoint not found: {label} ({_reason(e)}).') from None
+        raise CheckpointError(
+            f'Could not read the pretrained weights of {_model_tag(cfg)} from {label}: {_reason(e)}. Expected a '
+            f'state dict saved with torch.save or a .safetensors file.') from None
 
 
 def _arch_summary(shapes: Dict[str, Tuple[int, ...]]) -> str:
@@ -194,6 +295,7 @@ def check_state_dict(
     input size than the cfg's. Values must be finite.
     """
     cfg = pretrained_cfg if pretrained_cfg is not None else getattr(model, 'pretrained_cfg', {})
+    _check_tensors(state_dict, label)
     model_state = model.state_dict()
     expected = dict(model_state)
     problems = []
@@ -207,7 +309,7 @@ def check_state_dict(
         problems.append(
             f'its classifier has {head_weight.shape[0]} classes but the pretrained cfg says {cfg_classes}; '
             f'pass pretrained_cfg_overlay=dict(num_classes={head_weight.shape[0]}) if that is intended')
-    skip = head_keys if getattr(model, 'num_classes', cfg_classes) != cfg_classes else set()
+    skip = head_keys if cfg_classes is not None and getattr(model, 'num_classes', cfg_classes) != cfg_classes else set()
 
     first_conv = cfg.get('first_conv')
     cfg_chans = (cfg.get('input_size') or (3,))[0]
@@ -262,15 +364,19 @@ def check_state_dict(
         'Is it a checkpoint of another variant?')
 
 
-def checked_filter(filter_fn: Callable, label: str, pretrained_cfg: Dict[str, Any]) -> Callable:
-    """Wrap a checkpoint filter so that conversion errors name the source and the result is checked."""
+def pretrained_filter(filter_fn: Callable) -> Callable:
+    """The filter timm's loader applies to pretrained weights: ``filter_fn`` (conversion), then a strict check of the
+    result against the model; errors name the source, read from the model's pretrained cfg."""
     def _filter(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+        cfg = getattr(model, 'pretrained_cfg', None) or {}
+        label = source_label(cfg)
+        _check_tensors(state_dict, label)
         stored_pos = next((v for k, v in state_dict.items() if k.endswith(('pos_embed', 'positional_emb'))), None)
         try:
             out = filter_fn(state_dict, model)
         except (ValueError, RuntimeError, KeyError, IndexError) as e:
-            raise CheckpointError(f'Could not convert checkpoint {label}: {e}') from e
+            raise CheckpointError(f'Could not convert checkpoint {label}: {e}') from None
         pos_shape = tuple(stored_pos.shape) if isinstance(stored_pos, torch.Tensor) else None
-        check_state_dict(out, model, label, pretrained_cfg, stored_pos_shape=pos_shape)
+        check_state_dict(out, model, label, cfg, stored_pos_shape=pos_shape)
         return out
     return _filter

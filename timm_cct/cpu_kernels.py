@@ -1,17 +1,40 @@
-"""Multi-head attention with dropout for CPU training, computed in cache-sized batch chunks.
+"""CPU speed-ups of timm-cct, in one place. The model computes the same function with or without them.
 
-On CPU, ``F.scaled_dot_product_attention`` has no kernel with dropout, and the explicit path materialises several
-(B, heads, N, N) tensors per block (scores, weights, dropped weights and their gradients): tens of MB each, freshly
-mapped and page-faulted by the allocator on every step. Here the forward and backward passes run over a few images
-at a time, so each attention matrix stays in cache; the forward keeps only the fused ``qkv`` input and a boolean
-keep-mask, and the backward recomputes the weights of each chunk (one extra ``q @ k^T`` per chunk).
+Two kernels, each entered from one place in the model:
+
+- ``dropout_attention``, entered from ``timm_cct.layers.Attention.forward``: multi-head attention with dropout on the
+  weights, for training on CPU. There ``F.scaled_dot_product_attention`` has no kernel with dropout, and the explicit
+  computation materialises several (B, heads, N, N) tensors per block (scores, weights, dropped weights and their
+  gradients): tens of MB each, freshly mapped and page-faulted on every step. Here the forward and backward passes run
+  over a few images at a time, so each attention matrix stays in cache; the forward keeps only the fused ``qkv`` input
+  and a boolean keep-mask, and the backward recomputes the weights of each chunk (one extra ``q @ k^T`` per chunk).
+- ``inference_chunk``, entered from ``timm_cct.cct.CompactTransformer.forward_features``: eager CPU inference of a
+  large batch a few images at a time, so that activations stay in cache from layer to layer. Every image is computed
+  independently, so splitting the batch changes nothing but the speed.
+
+Both are used only on CPU, in eager mode (not while scripting, tracing, compiling or exporting), and only where timm's
+fused attention is allowed (``timm.layers.use_fused_attn()``): with ``TIMM_FUSED_ATTN=0`` or ``exportable=True`` the
+model runs timm's reference computation. Switch them off with the environment variable ``TIMM_CCT_CPU_KERNELS=0``
+(read at import) or ``timm_cct.cpu_kernels.set_enabled(False)``.
 """
 import math
+import os
 from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ['dropout_attention', 'keep_mask']
+from timm.layers import use_fused_attn
+try:
+    from timm.layers import is_exporting
+except ImportError:  # timm releases without it
+    def is_exporting() -> bool:
+        return False
+
+__all__ = ['dropout_attention', 'keep_mask', 'enabled', 'set_enabled', 'use_dropout_attention', 'inference_chunk']
+
+_ENABLED = os.environ.get('TIMM_CCT_CPU_KERNELS', '1').strip().lower() not in ('0', 'false', 'no', 'off')
+INFERENCE_TOKENS = 4096
+"""Tokens per chunk in eager CPU inference: activations of a few MB, which stay in cache between layers."""
 
 CHUNK_ELEMENTS = 2 ** 20
 """Attention-matrix elements per chunk (4 MB in float32): a few images' worth, well inside the L2/L3 caches."""
@@ -124,3 +147,34 @@ def dropout_attention(qkv: torch.Tensor, num_heads: int, scale: float, p: float)
     if not 0. < p < 1.:
         raise ValueError(f'Expected a dropout probability 0 < p < 1, got {p}.')
     return _DropoutAttention.apply(qkv.contiguous(), num_heads, scale, p)
+
+
+def enabled() -> bool:
+    """Whether the CPU kernels may be used (``TIMM_CCT_CPU_KERNELS`` / ``set_enabled``)."""
+    return _ENABLED
+
+
+def set_enabled(enable: bool = True) -> None:
+    """Switch the CPU kernels on or off for the whole process."""
+    global _ENABLED
+    _ENABLED = bool(enable)
+
+
+def _eager_cpu(x: torch.Tensor) -> bool:
+    return (_ENABLED and isinstance(x, torch.Tensor) and x.device.type == 'cpu' and use_fused_attn()
+            and not torch.jit.is_scripting() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling() and not is_exporting())
+
+
+def use_dropout_attention(x: torch.Tensor, p: float, fused_attn: bool) -> bool:
+    """Whether an attention layer with dropout ``p`` (in training) and timm's ``fused_attn`` flag should run
+    ``dropout_attention`` on the input ``x``."""
+    return fused_attn and 0. < p < 1. and x.shape[0] > 0 and _eager_cpu(x)
+
+
+def inference_chunk(x: torch.Tensor, tokens_per_image: int, training: bool) -> int:
+    """Images per chunk for eager CPU inference of the image batch ``x``; 0 to run the batch whole."""
+    if training or torch.is_grad_enabled() or x.dim() != 4 or not _eager_cpu(x):
+        return 0
+    step = max(1, INFERENCE_TOKENS // max(1, tokens_per_image))
+    return step if x.shape[0] > step else 0
