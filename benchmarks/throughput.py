@@ -216,7 +216,7 @@ def make_step(model: nn.Module, mode: str, dtype: Optional[torch.dtype], x: torc
 
 def sync(device: torch.device) -> None:
     if device.type == 'cuda':
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def time_round_robin(steps: Dict[str, Callable[[], None]], reps: int, warmup: int, device) -> Dict[str, List[float]]:
@@ -259,13 +259,13 @@ def _proc_status_kb(key: str) -> int:
     raise KeyError(key)
 
 
-def cuda_peak_memory(step: Callable[[], None]) -> float:
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
+def cuda_peak_memory(step: Callable[[], None], device: torch.device) -> float:
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
     step()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
 
 
 def model_in_chans(model: nn.Module) -> int:
@@ -372,7 +372,7 @@ def main(argv=None) -> List[Row]:
                 for k in steps:
                     row = Row(k, mode, d, compiled, times=times[k])
                     if args.memory and device.type == 'cuda':
-                        row.peak_mem_mb = cuda_peak_memory(steps[k])
+                        row.peak_mem_mb = cuda_peak_memory(steps[k], device)
                     row.img_s = args.batch_size / statistics.median(times[k])
                     row.gflop_s = row.img_s * fwd_gflop * (3 if mode == 'train' else 1)
                     row.pct_peak = 100 * row.gflop_s / peak
