@@ -250,10 +250,17 @@ def sine_pos_embed(
 
 
 @register_notrace_function
-def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, fixed_size: Optional[List[int]]) -> None:
-    """Raise a clear error for input the model cannot take (type, shape, dtype, channels, size).
+def check_image_input(
+        x: torch.Tensor,
+        in_chans: int,
+        min_size: int,
+        fixed_size: Optional[List[int]],
+        weight: Optional[torch.Tensor] = None,
+) -> None:
+    """Raise a clear error for input the model cannot take (type, shape, dtype, device, channels, size).
 
-    ``fixed_size`` is the (height, width) a model without a dynamic size was built for, else None.
+    ``fixed_size`` is the (height, width) a model without a dynamic size was built for, else None;
+    ``weight`` is the parameter the input meets first (its dtype and device must match the input's).
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f'Expected a torch.Tensor image batch (B, C, H, W), got {type(x).__name__}.')
@@ -276,3 +283,19 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, fixed_size:
             f'Model was built for {fixed_size[0]}x{fixed_size[1]} inputs, got {x.shape[2]}x{x.shape[3]}; '
             f'create it with img_size=({x.shape[2]}, {x.shape[3]}) or dynamic_img_size=True, '
             f'or call set_input_size().')
+    if weight is not None and not torch.jit.is_scripting():
+        _check_dtype_device(x, weight)
+
+
+@torch.jit.unused
+def _check_dtype_device(x: torch.Tensor, weight: torch.Tensor) -> None:
+    """The input must sit on the model's device, in the model's dtype (any float dtype under autocast)."""
+    if x.device != weight.device:
+        raise ValueError(
+            f'Input is on device {x.device}, the model on {weight.device}; move one of them, '
+            f'e.g. x.to({str(weight.device)!r}) or model.to({str(x.device)!r}).')
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f'Input dtype {x.dtype} does not match the model dtype {weight.dtype}; cast the input with '
+            f'x.to({weight.dtype}), or the model with model.to({x.dtype}), or run it under '
+            f"torch.autocast('{x.device.type}').")
