@@ -168,8 +168,19 @@ class CompactTransformer(nn.Module):
         _check_unknown_kwargs(type(self), kwargs)
         for name, value, minimum in (('in_chans', in_chans, 1), ('num_classes', num_classes, 0),
                                      ('embed_dim', embed_dim, 1), ('depth', depth, 0), ('num_heads', num_heads, 1),
-                                     ('kernel_size', kernel_size, 1), ('tokenizer_layers', tokenizer_layers, 1)):
+                                     ('kernel_size', kernel_size, 1), ('tokenizer_layers', tokenizer_layers, 1),
+                                     ('tokenizer_hidden_chans', tokenizer_hidden_chans, 1),
+                                     ('stride', 1 if stride is None else stride, 1),
+                                     ('padding', 0 if padding is None else padding, 0)):
             _check_int(name, value, minimum)
+        for name, value in (('conv_tokenizer', conv_tokenizer), ('class_token', class_token),
+                            ('dynamic_img_size', dynamic_img_size)):
+            if not isinstance(value, bool):
+                raise TypeError(f'Expected {name} to be True or False, got {type(value).__name__} {value!r}.')
+        for name, value in (('act_layer', act_layer), ('norm_layer', norm_layer)):
+            if value is not None and not callable(value):
+                raise TypeError(f'Expected {name} to be a layer class (e.g. nn.GELU, nn.LayerNorm) or None, '
+                                f'got {type(value).__name__} {value!r}.')
         if embed_dim % num_heads:
             raise ValueError(f'Expected embed_dim divisible by num_heads, got embed_dim={embed_dim}, '
                              f'num_heads={num_heads}.')
@@ -599,6 +610,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CompactTran
             key = key[len('module.'):]
         out[official_to_timm_key(key)] = value
 
+    if model.seq_pool is None:  # built with another global_pool: the checkpoint's SeqPool has no place
+        out = {k: v for k, v in out.items() if not k.startswith('seq_pool.')}
     pos = out.get('pos_embed')
     if pos is not None and model.pos_embed_type == 'sine':
         out.pop('pos_embed')

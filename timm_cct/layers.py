@@ -283,8 +283,15 @@ def check_image_input(
             f'Model was built for {fixed_size[0]}x{fixed_size[1]} inputs, got {x.shape[2]}x{x.shape[3]}; '
             f'create it with img_size=({x.shape[2]}, {x.shape[3]}) or dynamic_img_size=True, '
             f'or call set_input_size().')
-    if weight is not None and not torch.jit.is_scripting():
-        _check_dtype_device(x, weight)
+    if weight is not None:
+        if torch.jit.is_scripting():  # TorchScript prints dtypes as numbers: a shorter message
+            if x.device != weight.device:
+                raise ValueError(f'Input is on device {x.device}, the model on {weight.device}; move one of them.')
+            if x.dtype != weight.dtype and not torch.is_autocast_enabled():
+                raise TypeError('Input dtype does not match the model dtype; cast the input to the model dtype '
+                                '(e.g. x.float() for a float32 model).')
+        else:
+            _check_dtype_device(x, weight)
 
 
 @torch.jit.unused
@@ -294,8 +301,9 @@ def _check_dtype_device(x: torch.Tensor, weight: torch.Tensor) -> None:
         raise ValueError(
             f'Input is on device {x.device}, the model on {weight.device}; move one of them, '
             f'e.g. x.to({str(weight.device)!r}) or model.to({str(x.device)!r}).')
-    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+    autocast = torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64  # autocast leaves float64
+    if x.dtype != weight.dtype and not autocast:
         raise TypeError(
             f'Input dtype {x.dtype} does not match the model dtype {weight.dtype}; cast the input with '
-            f'x.to({weight.dtype}), or the model with model.to({x.dtype}), or run it under '
-            f"torch.autocast('{x.device.type}').")
+            f'x.to({weight.dtype}), or the model with model.to({x.dtype})'
+            + (f", or run it under torch.autocast('{x.device.type}')." if x.dtype != torch.float64 else '.'))
