@@ -301,9 +301,17 @@ def _check_dtype_device(x: torch.Tensor, weight: torch.Tensor) -> None:
         raise ValueError(
             f'Input is on device {x.device}, the model on {weight.device}; move one of them, '
             f'e.g. x.to({str(weight.device)!r}) or model.to({str(x.device)!r}).')
-    autocast = torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64  # autocast leaves float64
-    if x.dtype != weight.dtype and not autocast:
+    if x.dtype != weight.dtype and not (x.dtype != torch.float64 and _autocast_enabled(x.device.type)):
         raise TypeError(
             f'Input dtype {x.dtype} does not match the model dtype {weight.dtype}; cast the input with '
             f'x.to({weight.dtype}), or the model with model.to({x.dtype})'
             + (f", or run it under torch.autocast('{x.device.type}')." if x.dtype != torch.float64 else '.'))
+
+
+@torch.jit.unused
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for this device type (it casts float16/bfloat16/float32, never float64)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know (meta)
+        return False
