@@ -168,13 +168,13 @@ def read_pretrained(cfg: Dict[str, Any], cache_dir: Optional[Union[str, Path]] =
 
 
 def _arch_summary(shapes: Dict[str, Tuple[int, ...]]) -> str:
-    blocks = {int(k.split('.')[1]) for k in shapes if k.startswith('blocks.')}
+    blocks = {k.split('.')[1] for k in shapes if k.startswith('blocks.') and k.split('.')[1].isdigit()}
     convs = {k for k in shapes if k.startswith('tokenizer.layers.') and k.endswith('.weight')}
-    width = shapes.get('norm.weight', (None,))[0]
-    head = shapes.get('head.weight', (None,))[0]
+    width = (shapes.get('norm.weight') or (None,))[0]  # a 0-d tensor has the shape ()
+    head = (shapes.get('head.weight') or (None,))[0]
     pos = shapes.get('pos_embed')
     return (f'{len(blocks)} blocks, width {width}, {len(convs)} tokenizer conv(s), '
-            f'{"no stored" if pos is None else pos[1]} position rows, '
+            f'{"no stored" if pos is None or len(pos) < 2 else pos[1]} position rows, '
             f'{"class token, " if "cls_token" in shapes else ""}{head} classes')
 
 
@@ -203,7 +203,8 @@ def check_state_dict(
     cfg_classes = cfg.get('num_classes')
     head_weight = state_dict.get(f'{classifier}.weight')
     # num_classes=-1 (train.py --pretrained-path): unknown, the checkpoint's head is replaced
-    if head_weight is not None and cfg_classes is not None and cfg_classes >= 0 and head_weight.shape[0] != cfg_classes:
+    if (head_weight is not None and head_weight.dim() and cfg_classes is not None and cfg_classes >= 0
+            and head_weight.shape[0] != cfg_classes):
         problems.append(
             f'its classifier has {head_weight.shape[0]} classes but the pretrained cfg says {cfg_classes}; '
             f'pass pretrained_cfg_overlay=dict(num_classes={head_weight.shape[0]}) if that is intended')
