@@ -257,7 +257,8 @@ def test_inputs(name, dynamic, shape, dtype, device, layout, entry, training, no
 
 MUTATIONS = st.lists(st.one_of(
     st.tuples(st.just('drop'), st.integers(0, 10 ** 6)),
-    st.tuples(st.just('extra'), st.sampled_from(['extra.weight', 'blocks.9.norm1.weight', 'blocks.x.weight', 'head.extra', 'pos_embed_x'])),
+    st.tuples(st.just('extra'), st.sampled_from(['extra.weight', 'blocks.9.norm1.weight', 'blocks.x.weight',
+                                                 'head.extra', 'pos_embed_x'])),
     st.tuples(st.just('reshape'), st.integers(0, 10 ** 6), st.sampled_from(['grow', 'flatten', 'scalar'])),
     st.tuples(st.just('non_tensor'), st.integers(0, 10 ** 6), st.sampled_from([1, 'text', None, [1, 2], {'a': 1}])),
     st.tuples(st.just('dtype'), st.integers(0, 10 ** 6), st.sampled_from([torch.float64, torch.float16])),
@@ -266,7 +267,8 @@ WRAPPERS = st.sampled_from(['plain', 'state_dict', 'module.', 'official'])
 
 
 @settings(max_examples=60, **PROFILE)
-@given(name=st.sampled_from(['cct_2_3x2_32', 'vit_lite_2_4_32']), mutations=st.one_of(st.just([]), MUTATIONS), wrapper=WRAPPERS,
+@given(name=st.sampled_from(['cct_2_3x2_32', 'vit_lite_2_4_32']), mutations=st.one_of(st.just([]), MUTATIONS),
+       wrapper=WRAPPERS,
        fmt=st.sampled_from(['pth', 'safetensors']))
 def test_checkpoint_contents(name, mutations, wrapper, fmt):
     EXAMPLES['checkpoint contents'] += 1

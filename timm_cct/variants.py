@@ -138,7 +138,8 @@ def _cct(variant: str, pretrained: bool, depth: int, kernel: int, conv_layers: i
     return _create(variant, pretrained, model_args, **kwargs)
 
 
-def _cvt(variant: str, pretrained: bool, depth: int, patch: int, pe: str = 'learnable', /, **kwargs) -> CompactTransformer:
+def _cvt(variant: str, pretrained: bool, depth: int, patch: int, pe: str = 'learnable', /,
+         **kwargs) -> CompactTransformer:
     """CVT: patch tokenizer, SeqPool."""
     model_args = dict(
         depth=depth, **_SIZES[depth], kernel_size=patch, conv_tokenizer=False,
