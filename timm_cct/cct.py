@@ -32,12 +32,15 @@ except ImportError:
 
 from . import cpu_kernels
 from .layers import Block, SeqPool, Tokenizer, check_image_input, sine_pos_embed
-from .loading import CheckpointError, check_state_dict, pretrained_filter, prepare_pretrained_load, pretrained_load_errors
+from .loading import CheckpointError, check_state_dict, pretrained_filter, pretrained_loading
 
 __all__ = ['CompactTransformer', 'checkpoint_filter_fn', 'official_to_timm_key', 'timm_to_official_key']
 
 POS_EMBEDS = ('learnable', 'sine', 'none')
 GLOBAL_POOLS = ('seq', 'token', 'avg', 'max', 'avgmax', '')
+MAX_ATTENTION_BYTES = 64 * 2 ** 30
+"""Largest attention-score matrix (all heads, one image, float32) an ``img_size`` may imply: beyond it the
+constructor and ``set_input_size`` refuse the size instead of trying to allocate it."""
 
 
 def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
@@ -63,6 +66,35 @@ def _check_min_size(img_size: Tuple[int, int], min_size: int) -> None:
     if min(img_size) < min_size:
         raise ValueError(f'img_size={img_size} is too small for the tokenizer, which needs at least '
                          f'{min_size}x{min_size}.')
+
+
+def _check_ratio(name: str, value: Any, dim: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f'Expected {name} to be a positive number, got {type(value).__name__} {value!r}.')
+    if not (0. < value < float('inf')) or int(dim * value) < 1:
+        raise ValueError(f'Expected {name} > 0 giving an MLP of at least one unit (embed_dim * {name} >= 1), '
+                         f'got {name}={value} with embed_dim={dim}.')
+
+
+def _bytes(n: float) -> str:
+    for unit in ('B', 'KB', 'MB', 'GB', 'TB', 'PB'):
+        if n < 1000:
+            return f'{n:.1f} {unit}'
+        n /= 1000
+    return f'{n:.1f} EB'
+
+
+def _check_memory(img_size: Tuple[int, int], feat_size: Tuple[int, int], num_prefix_tokens: int, embed_dim: int,
+                  num_heads: int) -> None:
+    """Refuse an image size whose token count would need absurd memory (position embedding, attention)."""
+    num_tokens = feat_size[0] * feat_size[1] + num_prefix_tokens
+    attn_bytes = 4 * num_heads * num_tokens ** 2
+    if attn_bytes > MAX_ATTENTION_BYTES:
+        raise ValueError(
+            f'img_size={img_size} gives {num_tokens:,} tokens (a {feat_size[0]}x{feat_size[1]} grid): the '
+            f'position embedding would need {_bytes(4 * num_tokens * embed_dim)} and the attention scores of one '
+            f'image {_bytes(attn_bytes)} in float32 (more than the {_bytes(MAX_ATTENTION_BYTES)} allowed by '
+            f'timm_cct.cct.MAX_ATTENTION_BYTES); choose a smaller img_size.')
 
 
 def _check_unknown_kwargs(cls: type, kwargs: Dict[str, Any]) -> None:
@@ -140,8 +172,19 @@ class CompactTransformer(nn.Module):
         _check_unknown_kwargs(type(self), kwargs)
         for name, value, minimum in (('in_chans', in_chans, 1), ('num_classes', num_classes, 0),
                                      ('embed_dim', embed_dim, 1), ('depth', depth, 0), ('num_heads', num_heads, 1),
-                                     ('kernel_size', kernel_size, 1), ('tokenizer_layers', tokenizer_layers, 1)):
+                                     ('kernel_size', kernel_size, 1), ('tokenizer_layers', tokenizer_layers, 1),
+                                     ('tokenizer_hidden_chans', tokenizer_hidden_chans, 1),
+                                     ('stride', 1 if stride is None else stride, 1),
+                                     ('padding', 0 if padding is None else padding, 0)):
             _check_int(name, value, minimum)
+        for name, value in (('conv_tokenizer', conv_tokenizer), ('class_token', class_token),
+                            ('dynamic_img_size', dynamic_img_size)):
+            if not isinstance(value, bool):
+                raise TypeError(f'Expected {name} to be True or False, got {type(value).__name__} {value!r}.')
+        for name, value in (('act_layer', act_layer), ('norm_layer', norm_layer)):
+            if value is not None and not callable(value):
+                raise TypeError(f'Expected {name} to be a layer class (e.g. nn.GELU, nn.LayerNorm) or None, '
+                                f'got {type(value).__name__} {value!r}.')
         if embed_dim % num_heads:
             raise ValueError(f'Expected embed_dim divisible by num_heads, got embed_dim={embed_dim}, '
                              f'num_heads={num_heads}.')
@@ -149,6 +192,7 @@ class CompactTransformer(nn.Module):
                             ('proj_drop_rate', proj_drop_rate), ('attn_drop_rate', attn_drop_rate),
                             ('drop_path_rate', drop_path_rate)):
             _check_rate(name, value)
+        _check_ratio('mlp_ratio', mlp_ratio, embed_dim)
         _check_choice('pos_embed', pos_embed, POS_EMBEDS)
         _check_choice('global_pool', global_pool, GLOBAL_POOLS)
         if global_pool == 'token' and not class_token:
@@ -183,6 +227,7 @@ class CompactTransformer(nn.Module):
         )
         _check_min_size(self.img_size, self.tokenizer.min_size)
         self.feat_size = self.tokenizer.feat_size(self.img_size)
+        _check_memory(self.img_size, self.feat_size, self.num_prefix_tokens, embed_dim, num_heads)
         num_pos = self.feat_size[0] * self.feat_size[1] + self.num_prefix_tokens
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd)) if class_token else None
         if pos_embed == 'learnable':
@@ -256,7 +301,10 @@ class CompactTransformer(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the classifier (0 removes it); optionally change the pooling."""
+        """Replace the classifier (0 removes it); optionally change the pooling.
+
+        Both arguments are checked before anything changes: a refused call leaves the model as it was.
+        """
         _check_int('num_classes', num_classes, 0)
         if global_pool is not None:
             _check_choice('global_pool', global_pool, GLOBAL_POOLS)
@@ -279,6 +327,8 @@ class CompactTransformer(nn.Module):
         """Rebuild the position embedding for a new input size (learnable: resampled; sine: regenerated)."""
         img_size = _img_size(img_size)
         _check_min_size(img_size, self.tokenizer.min_size)
+        _check_memory(img_size, self.tokenizer.feat_size(img_size), self.num_prefix_tokens,
+                      self.embed_dim, self.blocks[0].attn.num_heads if len(self.blocks) else 1)
         self.img_size = img_size
         self.feat_size, old_size = self.tokenizer.feat_size(self.img_size), self.feat_size
         if self.pos_embed_type == 'learnable':
@@ -301,7 +351,8 @@ class CompactTransformer(nn.Module):
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> position-embedded tokens (B, prefix + h * w, D)."""
-        check_image_input(x, self.in_chans, self.tokenizer.min_size, self._fixed_size())
+        check_image_input(x, self.in_chans, self.tokenizer.min_size, self._fixed_size(),
+                          self.tokenizer.layers[0].conv.weight)
         # channels-last: faster conv and max-pool on CPU, and the (B, D, h, w) -> (B, h * w, D) token view is contiguous
         x = self.tokenizer(x.contiguous(memory_format=torch.channels_last))
         grid = x.shape[-2:]
@@ -380,7 +431,7 @@ class CompactTransformer(nn.Module):
         if output_fmt not in ('NCHW', 'NLC'):
             raise ValueError(f"Unknown output_fmt={output_fmt!r}; expected 'NCHW' or 'NLC'.")
         intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        take_indices, max_index = _take_indices(len(self.blocks), indices)
         image = x
         x = self._embed(x)  # checks the input
         B, grid = image.shape[0], self.tokenizer.feat_size((image.shape[-2], image.shape[-1]))
@@ -400,7 +451,7 @@ class CompactTransformer(nn.Module):
         intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
         if output_fmt == 'NCHW':
             intermediates = [
-                y.reshape(B, grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+                y.reshape(B, grid[0], grid[1], y.shape[-1]).permute(0, 3, 1, 2).contiguous() for y in intermediates]
         if not torch.jit.is_scripting() and return_prefix_tokens and self.num_prefix_tokens:
             intermediates = list(zip(intermediates, prefix_tokens))
         if intermediates_only:
@@ -414,8 +465,11 @@ class CompactTransformer(nn.Module):
             prune_head: bool = True,
     ) -> List[int]:
         """Drop the blocks (and optionally norm and head) not needed for ``indices``."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        take_indices, max_index = _take_indices(len(self.blocks), indices)
         self.blocks = self.blocks[:max_index + 1]
+        self.feature_info = self.feature_info[:max_index + 1]
+        if isinstance(getattr(self, '_model_args', None), dict):  # timm's export rebuilds the model from these
+            self._model_args['depth'] = len(self.blocks)
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
@@ -438,14 +492,55 @@ class CompactTransformer(nn.Module):
     def seq_pool_weights(self, x: torch.Tensor) -> torch.Tensor:
         """SeqPool weight of every image token, as a (B, h, w) map over the token grid.
 
-        Each map sums to one; it shows where the model looks when it pools the sequence.
+        Each map sums to one; it shows where the model looks when it pools the sequence. With a class token
+        (ViT-Lite reset to ``global_pool='seq'``) the class token's share is left out and the image tokens'
+        weights are rescaled to sum to one.
         """
         if self.seq_pool is None:
             raise ValueError(f"This model pools with global_pool={self.global_pool!r}, not 'seq'; it has no SeqPool.")
         tokens = self.forward_features(x)
         grid = self.tokenizer.feat_size((x.shape[-2], x.shape[-1]))
         weights = self.seq_pool.weights(tokens)[:, self.num_prefix_tokens:]
+        if self.num_prefix_tokens:
+            weights = weights / weights.sum(dim=1, keepdim=True)
         return weights.reshape(x.shape[0], grid[0], grid[1])
+
+
+def _take_indices(num_blocks: int, indices: Any) -> Tuple[List[int], int]:
+    """Check block ``indices`` (None: all; int n: the last n; a list: these, negative from the end) and return
+    the absolute indices, in increasing order, and the largest."""
+    if not torch.jit.is_scripting():
+        _check_indices(num_blocks, indices)
+    return feature_take_indices(num_blocks, indices)
+
+
+@torch.jit.unused
+def _check_indices(num_blocks: int, indices: Any) -> None:
+    expected = (f'expected None (all blocks), an int n in 1..{num_blocks} (the last n blocks) or a non-empty list '
+                f'of distinct block indices in increasing order, each in 0..{num_blocks - 1} '
+                f'(or -{num_blocks}..-1 from the end)')
+    if num_blocks < 1:
+        raise ValueError('The model has no transformer blocks (depth=0), so no block outputs to take.')
+    if indices is None:
+        return
+    if isinstance(indices, bool) or not isinstance(indices, (int, list, tuple)):
+        raise TypeError(f'Block indices {indices!r} ({type(indices).__name__}): {expected}.')
+    if isinstance(indices, int):
+        if not 1 <= indices <= num_blocks:
+            raise ValueError(f'Block indices={indices} is out of range for a model with {num_blocks} blocks; '
+                             f'{expected}.')
+        return
+    if not indices:
+        raise ValueError(f'Block indices {list(indices)!r} name no block: {expected}.')
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in indices):
+        raise TypeError(f'Block indices {list(indices)!r} are not all ints: {expected}.')
+    bad = [i for i in indices if not -num_blocks <= i < num_blocks]
+    if bad:
+        raise ValueError(f'Block indices {bad} out of range for a model with {num_blocks} blocks; {expected}.')
+    absolute = [i % num_blocks for i in indices]
+    if any(b <= a for a, b in zip(absolute, absolute[1:])):
+        raise ValueError(f'Block indices {list(indices)} name blocks {absolute}, which are repeated or out of '
+                         f'order; {expected}.')
 
 
 def _img_size(size: Union[int, Tuple[int, int], List[int]]) -> Tuple[int, int]:
@@ -536,6 +631,8 @@ def _convert(state_dict: Dict[str, torch.Tensor], model: CompactTransformer) -> 
             key = key[len('module.'):]
         out[official_to_timm_key(key) if isinstance(key, str) else key] = value
 
+    if model.seq_pool is None:  # built with another global_pool: the checkpoint's SeqPool has no place
+        out = {k: v for k, v in out.items() if not k.startswith('seq_pool.')}
     pos = out.get('pos_embed')
     if isinstance(pos, torch.Tensor) and model.pos_embed_type == 'sine':
         out.pop('pos_embed')
@@ -619,11 +716,7 @@ def create_compact_transformer(variant: str, pretrained: bool = False, **kwargs)
     the model, and names the source in every error.
     """
     out_indices = kwargs.pop('out_indices', min(3, kwargs.get('depth', 3)))  # the last 3 blocks
-    context = contextlib.nullcontext()
-    if pretrained:
-        kwargs = prepare_pretrained_load(variant, kwargs)
-        context = pretrained_load_errors(variant, kwargs)
-    with context:
+    with pretrained_loading(variant, kwargs) if pretrained else contextlib.nullcontext(kwargs) as kwargs:
         model = build_model_with_cfg(
             CompactTransformer,
             variant,

@@ -117,6 +117,8 @@ class _DropoutAttention(torch.autograd.Function):
             if out is None:
                 out = chunk.new_empty(B, N, C3 // 3)
             out[start:end].view(end - start, N, num_heads, -1).copy_(_tokens(chunk, end - start))
+        if out is None:  # an empty batch: no chunks
+            out = qkv.new_empty(B, N, C3 // 3)
         ctx.save_for_backward(qkv, keep)
         ctx.num_heads, ctx.scale, ctx.kept_share = num_heads, scale, kept_share
         return out

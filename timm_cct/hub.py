@@ -233,6 +233,10 @@ def export_to_hub(
     else:
         raise TypeError(
             f'Expected a timm_cct model or a checkpoint path, got {type(model_or_path).__name__}.')
+    if isinstance(model.norm, nn.Identity):
+        raise ValueError(
+            'The model has no final norm (prune_intermediate_layers(..., prune_norm=True)), which the architecture '
+            'cannot rebuild from config.json; export it before pruning, or prune with prune_norm=False.')
     if repo_id is not None and (not isinstance(repo_id, str) or repo_id.count('/') != 1 or repo_id.startswith('/')
                                 or repo_id.endswith('/')):
         raise ValueError(f"Expected repo_id as 'org/name', got {repo_id!r}.")

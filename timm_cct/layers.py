@@ -240,10 +240,17 @@ def sine_pos_embed(
 
 
 @register_notrace_function
-def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, fixed_size: Optional[List[int]]) -> None:
-    """Raise a clear error for input the model cannot take (type, shape, dtype, channels, size).
+def check_image_input(
+        x: torch.Tensor,
+        in_chans: int,
+        min_size: int,
+        fixed_size: Optional[List[int]],
+        weight: Optional[torch.Tensor] = None,
+) -> None:
+    """Raise a clear error for input the model cannot take (type, shape, dtype, device, channels, size).
 
-    ``fixed_size`` is the (height, width) a model without a dynamic size was built for, else None.
+    ``fixed_size`` is the (height, width) a model without a dynamic size was built for, else None;
+    ``weight`` is the parameter the input meets first (its dtype and device must match the input's).
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f'Expected a torch.Tensor image batch (B, C, H, W), got {type(x).__name__}.')
@@ -266,3 +273,35 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, fixed_size:
             f'Model was built for {fixed_size[0]}x{fixed_size[1]} inputs, got {x.shape[2]}x{x.shape[3]}; '
             f'create it with img_size=({x.shape[2]}, {x.shape[3]}) or dynamic_img_size=True, '
             f'or call set_input_size().')
+    if weight is not None:
+        if torch.jit.is_scripting():  # TorchScript prints dtypes as numbers: a shorter message
+            if x.device != weight.device:
+                raise ValueError(f'Input is on device {x.device}, the model on {weight.device}; move one of them.')
+            if x.dtype != weight.dtype and not torch.is_autocast_enabled():
+                raise TypeError('Input dtype does not match the model dtype; cast the input to the model dtype '
+                                '(e.g. x.float() for a float32 model).')
+        else:
+            _check_dtype_device(x, weight)
+
+
+@torch.jit.unused
+def _check_dtype_device(x: torch.Tensor, weight: torch.Tensor) -> None:
+    """The input must sit on the model's device, in the model's dtype (any float dtype under autocast)."""
+    if x.device != weight.device:
+        raise ValueError(
+            f'Input is on device {x.device}, the model on {weight.device}; move one of them, '
+            f'e.g. x.to({str(weight.device)!r}) or model.to({str(x.device)!r}).')
+    if x.dtype != weight.dtype and not (x.dtype != torch.float64 and _autocast_enabled(x.device.type)):
+        raise TypeError(
+            f'Input dtype {x.dtype} does not match the model dtype {weight.dtype}; cast the input with '
+            f'x.to({weight.dtype}), or the model with model.to({x.dtype})'
+            + (f", or run it under torch.autocast('{x.device.type}')." if x.dtype != torch.float64 else '.'))
+
+
+@torch.jit.unused
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for this device type (it casts float16/bfloat16/float32, never float64)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know (meta)
+        return False

@@ -19,6 +19,8 @@ import contextlib
 import inspect
 import os
 import pickle
+import re
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
@@ -29,8 +31,8 @@ import torch.nn as nn
 from timm.models import load_state_dict, resolve_pretrained_cfg
 
 __all__ = [
-    'CheckpointError', 'WeightsUnavailableError', 'read_checkpoint_file', 'check_state_dict', 'pretrained_filter',
-    'prepare_pretrained_load', 'pretrained_load_errors', 'source_label',
+    'CheckpointError', 'WeightsUnavailableError', 'read_checkpoint_file', 'check_state_dict', 'check_local_file',
+    'pretrained_filter', 'pretrained_loading', 'source_label', 'sniff',
 ]
 
 LOCAL_WEIGHT_EXTS = ('.safetensors', '.pth', '.pth.tar', '.pt', '.bin', '.ckpt')
@@ -81,7 +83,7 @@ def source_label(cfg: Dict[str, Any]) -> str:
     if cfg.get('state_dict'):
         return 'the state dict given in pretrained_cfg'
     if cfg.get('file'):
-        return str(cfg['file'])
+        return _ALIASES.get(str(cfg['file']), str(cfg['file']))
     if cfg.get('hf_hub_id'):
         return f"the Hugging Face Hub repository {cfg.get('hf_hub_id')!r}"
     if cfg.get('url'):
@@ -134,7 +136,8 @@ def _unsafe_globals(path: Path) -> List[str]:
 
 
 def check_local_file(path: Union[str, Path], label: Optional[str] = None) -> Path:
-    """Check, before anything reads it, that ``path`` is a checkpoint file that can be read safely; return it."""
+    """Check, before anything reads it, that ``path`` is a checkpoint file that can be read safely; return it
+    (``~`` expanded)."""
     path = Path(os.path.expanduser(str(path)))
     label = label or str(path)
     if path.is_dir():
@@ -145,16 +148,9 @@ def check_local_file(path: Union[str, Path], label: Optional[str] = None) -> Pat
     if not path.is_file():
         raise FileNotFoundError(f'Checkpoint file not found: {label}.')
     kind = sniff(path)
-    if kind == 'safetensors' and not path.name.endswith('.safetensors'):
-        raise CheckpointError(
-            f'Checkpoint {label} is a safetensors file, but its name does not end in .safetensors, which is how '
-            f'timm tells the formats apart; rename it to {path.stem}.safetensors.')
     if kind not in ('zip', 'pickle', 'safetensors'):
         raise CheckpointError(
             f'Checkpoint {label} is {kind}. Expected a state dict saved with torch.save or a .safetensors file.')
-    if kind in ('zip', 'pickle') and path.name.endswith('.safetensors'):
-        raise CheckpointError(
-            f'Checkpoint {label} is named .safetensors but holds a torch.save pickle; rename it to {path.stem}.pth.')
     if kind == 'zip':
         _check_zip_crc(path, label)
         unsafe = _unsafe_globals(path)
@@ -176,8 +172,9 @@ def read_checkpoint_file(path: Union[str, Path], label: Optional[str] = None, us
     path = check_local_file(path, label)
     safe = getattr(torch.serialization, 'safe_globals', None)
     try:
-        with safe([argparse.Namespace]) if safe is not None else contextlib.nullcontext():
-            state_dict = load_state_dict(str(path), use_ema=use_ema, weights_only=True)
+        with _named_by_content(path) as named, \
+                safe([argparse.Namespace]) if safe is not None else contextlib.nullcontext():
+            state_dict = load_state_dict(str(named), use_ema=use_ema, weights_only=True)
     except Exception as e:  # torch, pickle, zip and safetensors all raise their own types
         raise CheckpointError(
             f'Could not read checkpoint {label}: {_reason(e)}. Expected a state dict saved with torch.save or a '
@@ -206,26 +203,60 @@ def _check_tensors(state_dict: Any, label: str) -> None:
 
 # -- around timm's loader ----------------------------------------------------------------------
 
-def prepare_pretrained_load(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Model kwargs for ``build_model_with_cfg`` with a local weight file or folder checked before timm reads it
-    (``~`` expanded)."""
+_ALIASES: Dict[str, str] = {}  # alias path -> the user's file, for messages
+
+
+@contextlib.contextmanager
+def _named_by_content(path: Path) -> Iterator[Path]:
+    """``path``, or while in the context a link to it whose name ends as timm expects for its content (timm tells
+    safetensors from torch.save files by the name)."""
+    is_safetensors = sniff(path) == 'safetensors'
+    if is_safetensors == path.name.endswith('.safetensors'):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix='timm-cct-') as tmp:
+        alias = Path(tmp) / (path.name + ('.safetensors' if is_safetensors else '.pth'))
+        try:
+            alias.symlink_to(path.resolve())
+        except OSError:  # no symbolic links here: say what to do instead
+            right = path.stem + ('.safetensors' if is_safetensors else '.pth')
+            raise CheckpointError(
+                f'Checkpoint {path} is a {"safetensors" if is_safetensors else "torch.save"} file under another name; '
+                f'rename it to {right}.') from None
+        _ALIASES[str(alias)] = str(path)
+        try:
+            yield alias
+        finally:
+            _ALIASES.pop(str(alias), None)
+
+
+@contextlib.contextmanager
+def pretrained_loading(variant: str, kwargs: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+    """Context for timm's builder loading pretrained weights: yields the model kwargs to build with.
+
+    A local weight file or folder is checked before timm reads it (``~`` expanded; a file timm would mistake for the
+    other format by its name is handed over under the right name), and what timm's loader raises is re-raised as one
+    clear error naming the source and the ways out.
+    """
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
     cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), overlay).to_dict()
     source = cfg.get('source') or ''
-    if cfg.get('file') and source != 'hf-hub' and not cfg.get('state_dict'):
-        path = Path(os.path.expanduser(str(cfg['file'])))
-        if source == 'local-dir':
-            if not path.is_dir():
-                raise FileNotFoundError(f'Weight folder not found: {path}.')
-            for candidate in sorted(path.iterdir()):
-                if candidate.name.endswith(LOCAL_WEIGHT_EXTS) and not _TIMM_READS_SAFELY:
-                    check_local_file(candidate)
-        else:
-            check_local_file(path)
-        if str(path) != str(cfg['file']):
-            overlay['file'] = str(path)
-            kwargs = dict(kwargs, pretrained_cfg_overlay=overlay)
-    return kwargs
+    with contextlib.ExitStack() as stack:
+        if cfg.get('file') and source != 'hf-hub' and not cfg.get('state_dict'):
+            path = Path(os.path.expanduser(str(cfg['file'])))
+            if source == 'local-dir':
+                if not path.is_dir():
+                    raise FileNotFoundError(f'Weight folder not found: {path}.')
+                for candidate in sorted(path.iterdir()):
+                    if candidate.name.endswith(LOCAL_WEIGHT_EXTS) and not _TIMM_READS_SAFELY:
+                        check_local_file(candidate)
+            else:
+                path = stack.enter_context(_named_by_content(check_local_file(path)))
+            if str(path) != str(cfg['file']):
+                overlay['file'] = str(path)
+                kwargs = dict(kwargs, pretrained_cfg_overlay=overlay)
+        with _load_errors(variant, kwargs):
+            yield kwargs
 
 
 _READ_ERRORS = (OSError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, AssertionError, AttributeError)
@@ -237,7 +268,7 @@ except ImportError:
 
 
 @contextlib.contextmanager
-def pretrained_load_errors(variant: str, kwargs: Dict[str, Any]) -> Iterator[None]:
+def _load_errors(variant: str, kwargs: Dict[str, Any]) -> Iterator[None]:
     """Re-raise what timm's loader raises while reading pretrained weights as one clear error naming the source."""
     try:
         yield
@@ -263,19 +294,25 @@ def pretrained_load_errors(variant: str, kwargs: Dict[str, Any]) -> Iterator[Non
                 + hint + _ways_out(cfg)) from None
         if isinstance(e, FileNotFoundError):
             raise FileNotFoundError(f'Checkpoint not found: {label} ({_reason(e)}).') from None
+        not_a_dict = re.match(r"'(\w+)' object has no attribute 'items'", str(e))
+        if isinstance(e, AttributeError) and not_a_dict:
+            raise CheckpointError(
+                f'Checkpoint {label} is not a state dict: it holds a {not_a_dict.group(1)}. Expected a dict of '
+                f'tensors saved with torch.save (e.g. torch.save(model.state_dict(), path)) or a .safetensors '
+                f'file.') from None
         raise CheckpointError(
             f'Could not read the pretrained weights of {_model_tag(cfg)} from {label}: {_reason(e)}. Expected a '
             f'state dict saved with torch.save or a .safetensors file.') from None
 
 
 def _arch_summary(shapes: Dict[str, Tuple[int, ...]]) -> str:
-    blocks = {int(k.split('.')[1]) for k in shapes if k.startswith('blocks.')}
+    blocks = {k.split('.')[1] for k in shapes if k.startswith('blocks.') and k.split('.')[1].isdigit()}
     convs = {k for k in shapes if k.startswith('tokenizer.layers.') and k.endswith('.weight')}
-    width = shapes.get('norm.weight', (None,))[0]
-    head = shapes.get('head.weight', (None,))[0]
+    width = (shapes.get('norm.weight') or (None,))[0]  # a 0-d tensor has the shape ()
+    head = (shapes.get('head.weight') or (None,))[0]
     pos = shapes.get('pos_embed')
     return (f'{len(blocks)} blocks, width {width}, {len(convs)} tokenizer conv(s), '
-            f'{"no stored" if pos is None else pos[1]} position rows, '
+            f'{"no stored" if pos is None or len(pos) < 2 else pos[1]} position rows, '
             f'{"class token, " if "cls_token" in shapes else ""}{head} classes')
 
 
@@ -305,7 +342,8 @@ def check_state_dict(
     cfg_classes = cfg.get('num_classes')
     head_weight = state_dict.get(f'{classifier}.weight')
     # num_classes=-1 (train.py --pretrained-path): unknown, the checkpoint's head is replaced
-    if head_weight is not None and cfg_classes is not None and cfg_classes >= 0 and head_weight.shape[0] != cfg_classes:
+    if (head_weight is not None and head_weight.dim() and cfg_classes is not None and cfg_classes >= 0
+            and head_weight.shape[0] != cfg_classes):
         problems.append(
             f'its classifier has {head_weight.shape[0]} classes but the pretrained cfg says {cfg_classes}; '
             f'pass pretrained_cfg_overlay=dict(num_classes={head_weight.shape[0]}) if that is intended')

@@ -123,12 +123,13 @@ _SIZES = {
 }
 
 
-def _create(variant: str, pretrained: bool, model_args: Dict[str, Any], **kwargs) -> CompactTransformer:
+def _create(variant: str, pretrained: bool, model_args: Dict[str, Any], /, **kwargs) -> CompactTransformer:
+    # the caller's arguments (depth=, img_size=, ...) override the variant's defaults
     return create_compact_transformer(variant, pretrained, **dict(model_args, **kwargs))
 
 
 def _cct(variant: str, pretrained: bool, depth: int, kernel: int, conv_layers: int, size: int, classes: int,
-         pe: str = 'learnable', **kwargs) -> CompactTransformer:
+         pe: str = 'learnable', /, **kwargs) -> CompactTransformer:
     """CCT: convolutional tokenizer of ``conv_layers`` [kernel x kernel conv, ReLU, max-pool], SeqPool."""
     model_args = dict(
         depth=depth, **_SIZES[depth], kernel_size=kernel, tokenizer_layers=conv_layers,
@@ -137,7 +138,8 @@ def _cct(variant: str, pretrained: bool, depth: int, kernel: int, conv_layers: i
     return _create(variant, pretrained, model_args, **kwargs)
 
 
-def _cvt(variant: str, pretrained: bool, depth: int, patch: int, pe: str = 'learnable', **kwargs) -> CompactTransformer:
+def _cvt(variant: str, pretrained: bool, depth: int, patch: int, pe: str = 'learnable', /,
+         **kwargs) -> CompactTransformer:
     """CVT: patch tokenizer, SeqPool."""
     model_args = dict(
         depth=depth, **_SIZES[depth], kernel_size=patch, conv_tokenizer=False,
@@ -146,7 +148,7 @@ def _cvt(variant: str, pretrained: bool, depth: int, patch: int, pe: str = 'lear
     return _create(variant, pretrained, model_args, **kwargs)
 
 
-def _vit_lite(variant: str, pretrained: bool, depth: int, patch: int, pe: str = 'learnable',
+def _vit_lite(variant: str, pretrained: bool, depth: int, patch: int, pe: str = 'learnable', /,
               **kwargs) -> CompactTransformer:
     """ViT-Lite: patch tokenizer, class token."""
     model_args = dict(

@@ -30,10 +30,11 @@ def seqpool_attention(model: nn.Module, images: torch.Tensor, upsample: bool = T
     Args:
         model: A Compact Transformer that pools with SeqPool (CCT, CVT); it is run in eval mode and its
             train/eval mode is restored afterwards.
-        images: A normalised image batch (B, C, H, W) or one image (C, H, W).
+        images: A normalised image batch (B, C, H, W) or one image (C, H, W), floating point; it is moved to the
+            model's device and dtype. Integer images are refused by the model's own input check (normalise them).
         upsample: True: maps at image resolution (B, H, W), bilinear-resized from the token grid and
             rescaled to sum to one over the pixels. False: the raw weights over the token grid (B, h, w),
-            which sum to one.
+            which sum to one (with a class token, its share is left out and the rest rescaled to one).
 
     Returns:
         The maps, (B, H, W) / (B, h, w), or (H, W) / (h, w) for a single image.
@@ -52,8 +53,8 @@ def seqpool_attention(model: nn.Module, images: torch.Tensor, upsample: bool = T
     model.eval()
     try:
         param = next(model.parameters(), None)
-        if param is not None:
-            images = images.to(device=param.device, dtype=param.dtype)
+        if param is not None:  # integer images go to the model unconverted, for its own check to refuse
+            images = images.to(device=param.device, dtype=param.dtype if images.is_floating_point() else None)
         maps = model.seq_pool_weights(images).float()
     finally:
         model.train(was_training)
@@ -70,6 +71,17 @@ def _to_display(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
     image = (image.detach().float().cpu() * std_t + mean_t).clamp(0, 1)
     return image.permute(1, 2, 0)
+
+
+def _per_channel(name: str, value: Any, chans: int) -> tuple:
+    """``value`` as a tuple of 1 or ``chans`` floats (a normalisation mean or std)."""
+    try:
+        values = tuple(float(v) for v in value) if not isinstance(value, (str, bytes)) else None
+    except (TypeError, ValueError):
+        values = None
+    if values is None or len(values) not in (1, chans):
+        raise ValueError(f'Expected {name} as {chans} numbers (one per channel) or 1, got {value!r}.')
+    return values
 
 
 def plot_seqpool_attention(
@@ -96,12 +108,29 @@ def plot_seqpool_attention(
     Returns:
         The matplotlib Figure.
     """
+    for name, value in (('images', images), ('maps', maps)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f'Expected {name} as a torch.Tensor, got {type(value).__name__}'
+                            + ('; convert it with torch.from_numpy(...)' if hasattr(value, '__array__') else '') + '.')
     if images.dim() != 4 or maps.dim() != 3 or images.shape[0] != maps.shape[0]:
         raise ValueError(
             f'Expected images (B, C, H, W) and maps (B, H, W) with the same B, got {list(images.shape)} '
             f'and {list(maps.shape)}.')
+    n, chans = images.shape[0], images.shape[1]
+    if n == 0:
+        raise ValueError('Expected at least one image to plot, got an empty batch.')
+    if chans not in (1, 3):
+        raise ValueError(f'Expected images with 1 or 3 channels to display, got {chans} (shape {list(images.shape)}).')
+    mean, std = _per_channel('mean', mean, chans), _per_channel('std', std, chans)
+    if 0 in std:
+        raise ValueError(f'Expected std without zeros, got {std}.')
+    if titles is not None and (isinstance(titles, str) or not isinstance(titles, Sequence) or len(titles) != n):
+        raise ValueError(f'Expected one title per image ({n}), got {titles!r}.')
+    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f'Expected ncols as an int >= 1, got {ncols!r}.')
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f'Expected alpha in [0, 1], got {alpha!r}.')
     plt = _require_matplotlib()
-    n = images.shape[0]
     ncols = max(1, min(ncols, n))
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(2 * nrows, ncols, figsize=(1.6 * ncols, 3.3 * nrows), squeeze=False)
@@ -119,7 +148,7 @@ def plot_seqpool_attention(
         axes[r, c].imshow(heat, cmap='inferno', alpha=alpha)
         axes[r + 1, c].imshow(heat, cmap='inferno')
         if titles is not None:
-            axes[r, c].set_title(titles[i], fontsize=8)
+            axes[r, c].set_title(str(titles[i]), fontsize=8)
     fig.suptitle('SeqPool attention: where the model pools its tokens (bright = high weight)', fontsize=9)
     fig.tight_layout()
     if path is not None:
