@@ -223,3 +223,14 @@ def test_forward_is_forward_head_of_forward_features():
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)), rtol=0, atol=0)
+
+
+def test_features_only_takes_timm_feature_cfg():
+    model = timm.create_model('cct_2_3x2_32', features_only=True, feature_cfg=dict(output_fmt='NLC', norm=True)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = model(x)
+        _, expected = model.model.forward_intermediates(x, indices=2, norm=True, output_fmt='NLC')
+    assert [tuple(f.shape) for f in feats] == [(2, 64, 128), (2, 64, 128)]
+    for got, want in zip(feats, expected):
+        torch.testing.assert_close(got, want)

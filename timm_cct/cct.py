@@ -716,13 +716,14 @@ def create_compact_transformer(variant: str, pretrained: bool = False, **kwargs)
     the model, and names the source in every error.
     """
     out_indices = kwargs.pop('out_indices', min(3, kwargs.get('depth', 3)))  # the last 3 blocks
+    feature_cfg = dict(kwargs.pop('feature_cfg', None) or {})  # e.g. output_fmt='NLC', norm=True for features_only
     with pretrained_loading(variant, kwargs) if pretrained else contextlib.nullcontext(kwargs) as kwargs:
         model = build_model_with_cfg(
             CompactTransformer,
             variant,
             pretrained,
             pretrained_filter_fn=pretrained_filter(checkpoint_filter_fn),
-            feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+            feature_cfg={'out_indices': out_indices, 'feature_cls': 'getter', **feature_cfg},
             **kwargs,
         )
     if isinstance(model, CompactTransformer) and update_model_input_size is None:
