@@ -148,8 +148,9 @@ def test_no_repo_id_means_no_upload(official, tmp_path, monkeypatch):
 
 def test_command_on_official_and_train_checkpoints(official, tmp_path, capsys):
     model, path, x, _ = official
-    folder = hub.main([str(path), '--model', 'cct_7_3x1_32', '--out', str(tmp_path / 'a'),
-                       '--dataset', 'cifar10', '--result', 'top1=96.53'])
+    folder = tmp_path / 'a'
+    assert hub.main([str(path), '--model', 'cct_7_3x1_32', '--out', str(folder),
+                     '--dataset', 'cifar10', '--result', 'top1=96.53']) == 0
     assert json.loads(capsys.readouterr().out)['files'] == ['README.md', 'config.json', 'model.safetensors']
     with torch.no_grad():
         assert torch.equal(timm.create_model(f'local-dir:{folder}', pretrained=True).eval()(x), model(x))
@@ -160,7 +161,8 @@ def test_command_on_official_and_train_checkpoints(official, tmp_path, capsys):
     ckpt = tmp_path / 'model_best.pth.tar'
     torch.save({'epoch': 9, 'state_dict': noisy, 'state_dict_ema': tuned.state_dict(),
                 'args': argparse.Namespace(model='cct_7_3x1_32', img_size=48, input_size=None)}, ckpt)
-    folder = hub.main([str(ckpt), '--model', 'cct_7_3x1_32', '--out', str(tmp_path / 'b')])
+    folder = tmp_path / 'b'
+    assert hub.main([str(ckpt), '--model', 'cct_7_3x1_32', '--out', str(folder)]) == 0
     loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
     y = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
@@ -179,3 +181,97 @@ def test_bad_arguments(official, tmp_path):
         export_to_hub(model, tmp_path / 'x', repo_id='no-slash')
     with pytest.raises(ValueError, match='does not match'):
         export_to_hub(model, tmp_path / 'x', model_name='cct_2_3x2_32')
+
+
+def test_refuses_a_folder_holding_other_files(official, tmp_path):
+    model, _, _, _ = official
+    folder = tmp_path / 'mine'
+    folder.mkdir()
+    (folder / 'README.md').write_text('my own notes')
+    (folder / 'config.json').write_text('{"mine": 1}')
+    with pytest.raises(ValueError, match='already holds files'):
+        export_to_hub(model, folder)
+    assert (folder / 'README.md').read_text() == 'my own notes'
+    assert (folder / 'config.json').read_text() == '{"mine": 1}'
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(ValueError, match='is a file'):
+        export_to_hub(model, tmp_path / 'file')
+
+
+def test_overwrite_replaces_only_its_files_and_uploads_only_them(official, tmp_path, monkeypatch):
+    model, _, _, _ = official
+    folder = tmp_path / 'mine'
+    folder.mkdir()
+    (folder / 'README.md').write_text('old card')
+    (folder / 'secret.txt').write_text('keep me out of the upload')
+    sent = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            pass
+
+        def upload_folder(self, repo_id, folder_path, allow_patterns=None, **kwargs):
+            sent.append(sorted(allow_patterns))
+
+    monkeypatch.setattr(hub, 'HfApi', FakeApi)
+    export_to_hub(model, folder, repo_id='someorg/x', overwrite=True)
+    assert (folder / 'secret.txt').read_text() == 'keep me out of the upload'
+    assert 'hf-hub:someorg/x' in (folder / 'README.md').read_text()
+    assert sent == [['README.md', 'config.json', 'model.safetensors']]
+
+
+def test_failed_upload_says_the_folder_is_ready(official, tmp_path, monkeypatch):
+    model, _, _, _ = official
+
+    class OfflineApi:
+        def create_repo(self, *args, **kwargs):
+            raise ConnectionError('Name or service not known')
+
+    monkeypatch.setattr(hub, 'HfApi', OfflineApi)
+    with pytest.raises(hub.UploadError, match=r'is written and ready; upload it later with `hf upload someorg/x'):
+        export_to_hub(model, tmp_path / 'up', repo_id='someorg/x')
+    assert sorted(p.name for p in (tmp_path / 'up').iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+
+
+def _cli_error(argv, capsys):
+    assert hub.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('python -m timm_cct.hub: error:')
+    return err
+
+
+def test_command_line_errors_are_one_line(official, tmp_path, capsys, monkeypatch):
+    _, path, _, _ = official
+    base = [str(path), '--model', 'cct_7_3x1_32', '--out', str(tmp_path / 'o')]
+    assert '--result expects NAME=VALUE' in _cli_error(base + ['--result', 'top1'], capsys)
+    assert '--result top1 is given more than once' in _cli_error(
+        base + ['--result', 'top1=1', '--result', 'top1=2'], capsys)
+    assert 'no such file' in _cli_error(base + ['--labels', str(tmp_path / 'missing.txt')], capsys)
+    (tmp_path / 'two.txt').write_text('a\nb\n')
+    assert 'Expected 10 label names' in _cli_error(base + ['--labels', str(tmp_path / 'two.txt')], capsys)
+    (tmp_path / 'bin.yaml').write_bytes(bytes(range(256)))
+    assert 'not a UTF-8 JSON/YAML file' in _cli_error(base + ['--recipe', str(tmp_path / 'bin.yaml')], capsys)
+    assert 'no such file' in _cli_error(base + ['--recipe', str(tmp_path / 'missing.yaml')], capsys)
+    assert "--model 'nope' is not a Compact Transformer" in _cli_error(
+        [str(path), '--model', 'nope', '--out', str(tmp_path / 'o')], capsys)
+    assert 'no such checkpoint file' in _cli_error(
+        [str(tmp_path / 'missing.pth'), '--model', 'cct_7_3x1_32', '--out', str(tmp_path / 'o')], capsys)
+    assert "--repo-id expects 'org/name'" in _cli_error(base + ['--repo-id', 'noslash'], capsys)
+    with pytest.raises(SystemExit) as e:
+        hub.main([str(path), '--out', str(tmp_path / 'o')])
+    assert e.value.code == 2 and capsys.readouterr().err.count('\n') == 1
+    assert not (tmp_path / 'o').exists()  # nothing written for any of these
+
+    (tmp_path / 'o').mkdir()
+    (tmp_path / 'o' / 'README.md').write_text('mine')
+    assert '--overwrite' in _cli_error(base, capsys)
+    assert (tmp_path / 'o' / 'README.md').read_text() == 'mine'
+
+    class OfflineApi:
+        def create_repo(self, *args, **kwargs):
+            raise OSError('offline')
+
+    monkeypatch.setattr(hub, 'HfApi', OfflineApi)
+    folder = tmp_path / 'up'
+    err = _cli_error([str(path), '--model', 'cct_7_3x1_32', '--out', str(folder), '--repo-id', 'me/x'], capsys)
+    assert 'is written and ready' in err and (folder / 'model.safetensors').is_file()

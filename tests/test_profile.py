@@ -2,7 +2,7 @@
 import timm
 
 import timm_cct  # noqa: F401
-from timm_cct.profile import markdown_table, model_cost
+from timm_cct.profile import main, markdown_table, model_cost
 
 
 def _analytic_macs(tokens: int, dim: int, depth: int, mlp_hidden: int, tokenizer_macs: int, classes: int):
@@ -28,3 +28,15 @@ def test_cct_7_3x1_attention_share():
     assert cost.attn_macs == attention
     assert cost.macs_without_attn == linear
     assert '| cct_7_3x1_32 | 32x32 | 3.76 |' in markdown_table([cost])
+
+
+def test_command_line_errors(tmp_path, capsys):
+    assert main(['nope_*']) == 2
+    err = capsys.readouterr().err
+    assert "no timm model matches 'nope_*'" in err and err.count('\n') == 1
+    assert main(['cct_2_3x2_32', 'nope_*']) == 2
+    assert "'nope_*'" in capsys.readouterr().err
+    assert main(['cct_2_3x2_32', '--csv', str(tmp_path / 'missing' / 'x.csv')]) == 2
+    assert 'existing folder' in capsys.readouterr().err
+    assert main(['cct_2_3x2_32', '--csv', str(tmp_path / 'x.csv')]) == 0
+    assert (tmp_path / 'x.csv').read_text().startswith('name,')

@@ -178,6 +178,9 @@ def test_cli_configs(capsys):
     assert "Unknown config 'nope'" in capsys.readouterr().err
     assert main(['does/not/exist.py']) == 2
     assert 'no such file' in capsys.readouterr().err
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'expected a script path' in err
 
 
 def test_cli_runs_a_script_as_main_with_its_argv(tmp_path):

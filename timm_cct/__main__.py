@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import timm_cct  # noqa: F401  (registers the models)
+from timm_cct._cli import fail
 from timm_cct.recipes import config_path, list_configs
 
 
@@ -77,20 +78,20 @@ def print_configs(names: List[str]) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ('-h', '--help'):
+    if argv and argv[0] in ('-h', '--help'):
         print(__doc__)
-        return 0 if argv else 2
+        return 0
     try:
+        if not argv:
+            raise ValueError("expected a script path (e.g. timm's train.py) or 'configs' (see python -m timm_cct --help).")
         if argv[0] == 'configs':
             print_configs(argv[1:])
             return 0
         check_script(argv[0])
-    except ValueError as e:
-        print(f'python -m timm_cct: error: {e}', file=sys.stderr)
-        return 2
+    except (ValueError, TypeError) as e:
+        return fail('python -m timm_cct', e)
     run_script(argv[0], argv[1:])
     return 0
-
 
 if __name__ == '__main__':
     sys.exit(main())

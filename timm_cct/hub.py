@@ -6,8 +6,8 @@ The folder holds ``model.safetensors`` and ``config.json`` written by timm's ``s
     python -m timm_cct.hub model_best.pth.tar --model cct_7_3x1_32 --out hub/cct_7_3x1_32 \\
         --dataset cifar10 --result top1=96.5 [--repo-id org/cct_7_3x1_32]
 """
-import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -25,7 +25,14 @@ try:
 except ImportError:  # uploading needs huggingface_hub; writing the folder does not
     HfApi = None
 
-__all__ = ['export_to_hub', 'model_card', 'main']
+__all__ = ['export_to_hub', 'model_card', 'main', 'UploadError', 'HUB_FILES']
+
+# The files export_to_hub writes (and uploads): timm's save_for_hf files and the model card.
+HUB_FILES = ('README.md', 'config.json', 'model.safetensors')
+
+
+class UploadError(RuntimeError):
+    """The Hub folder was written, but uploading it failed."""
 
 CITATION = """@article{hassani2021escaping,
   title   = {Escaping the Big Data Paradigm with Compact Transformers},
@@ -201,13 +208,14 @@ def export_to_hub(
         recipe: Union[None, str, Dict[str, Any]] = None,
         results: Optional[Dict[str, Any]] = None,
         private: bool = False,
+        overwrite: bool = False,
 ) -> Path:
     """Write a Hub repository folder for a trained model; upload it too when ``repo_id`` is given.
 
     Args:
         model_or_path: A timm_cct model in memory, or a checkpoint file (official state dict, or a timm
             ``train.py`` checkpoint with ``state_dict`` / ``state_dict_ema``; EMA weights are preferred).
-        folder: Output folder (created).
+        folder: Output folder: new or empty (created), or any folder with ``overwrite=True``.
         model_name: Registered architecture (e.g. ``'cct_7_3x1_32'``); needed for a checkpoint file.
         repo_id: ``'org/name'`` to upload to; without it only the folder is written.
         label_names: One name per class, stored in config.json.
@@ -215,9 +223,16 @@ def export_to_hub(
         recipe: Training recipe, as text or a dict of settings, for the model card.
         results: Metric name -> value, for the model card's results table.
         private: Create the Hub repository as private.
+        overwrite: Write into a folder that already holds files: ``README.md``, ``config.json`` and
+            ``model.safetensors`` are replaced, other files are kept and not uploaded.
 
     Returns:
         The folder.
+
+    Raises:
+        ValueError: ``folder`` is a file, or holds files and ``overwrite`` is False (nothing is written).
+        UploadError: The folder was written but the upload failed (offline, not logged in, no access);
+            the message says how to upload the folder later.
     """
     if isinstance(model_or_path, (str, Path)):
         if not model_name:
@@ -249,6 +264,7 @@ def export_to_hub(
                 f'Expected {model.num_classes} label names (strings), one per class, got {len(label_names)}.')
 
     folder = Path(folder)
+    _check_folder(folder, overwrite)
     model_config = {'label_names': label_names} if label_names else {}
     if dataset or results:
         # describe these weights, not the checkpoint the model may have started from
@@ -266,20 +282,44 @@ def export_to_hub(
     (folder / 'README.md').write_text(model_card(model, repo_id, dataset, recipe, results), encoding='utf-8')
 
     if repo_id:
+        later = (f'The folder {folder} is written and ready; upload it later with `hf upload {repo_id} {folder} .` '
+                 f'(after `hf auth login`) or `huggingface_hub.HfApi().upload_folder(repo_id={repo_id!r}, '
+                 f'folder_path={str(folder)!r})`.')
         if HfApi is None:
-            raise RuntimeError('Uploading needs huggingface_hub: pip install huggingface_hub.')
-        api = HfApi()
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=f'Add {model.pretrained_cfg["architecture"]}')
+            raise UploadError(f'Uploading needs huggingface_hub (pip install huggingface_hub). {later}')
+        try:
+            api = HfApi()
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=list(HUB_FILES),
+                              commit_message=f'Add {model.pretrained_cfg["architecture"]}')
+        except Exception as e:  # network, authentication and Hub errors come in many types
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
+            raise UploadError(f'Uploading to {repo_id} failed ({type(e).__name__}: {reason}). {later}') from e
     return folder
 
 
+def _check_folder(folder: Path, overwrite: bool) -> None:
+    """Refuse a file, or a folder holding files (unless ``overwrite``), before anything is written."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f'{folder} is a file; expected a folder (new or empty) for the Hub files.')
+    if folder.is_dir() and not overwrite:
+        held = sorted(p.name for p in folder.iterdir())
+        if held:
+            shown = ', '.join(held[:5]) + (f' and {len(held) - 5} more' if len(held) > 5 else '')
+            raise ValueError(
+                f'{folder} already holds files ({shown}); choose a new or empty folder, or pass overwrite=True '
+                f'(--overwrite) to replace {", ".join(HUB_FILES)} there (other files are kept and not uploaded).')
+
+
 def _parse_results(items: Sequence[str]) -> Dict[str, Any]:
-    out = {}
+    out: Dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition('=')
-        if not sep or not key:
-            raise ValueError(f'Expected --result NAME=VALUE, got {item!r}.')
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ValueError(f'--result expects NAME=VALUE (e.g. top1=96.5), got {item!r}.')
+        if key in out:
+            raise ValueError(f'--result {key} is given more than once.')
         try:
             out[key] = float(value)
         except ValueError:
@@ -287,33 +327,93 @@ def _parse_results(items: Sequence[str]) -> Dict[str, Any]:
     return out
 
 
-def main(argv: Optional[List[str]] = None) -> Path:
-    parser = argparse.ArgumentParser(prog='python -m timm_cct.hub', description=__doc__.split('\n')[0])
-    parser.add_argument('source', help='checkpoint file: official state dict or timm train.py .pth.tar')
+def _read_recipe(text: Optional[str]) -> Union[None, str, Dict[str, Any]]:
+    """--recipe: a JSON/YAML file of settings (a mapping), or the recipe as text."""
+    if not text:
+        return None
+    path = Path(text)
+    if path.suffix.lower() in ('.json', '.yaml', '.yml') and not path.is_file():
+        raise ValueError(f'--recipe {text}: no such file (expected a JSON/YAML file of settings, or recipe text).')
+    if not path.is_file():
+        return text
+    import yaml
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f'--recipe {text} is not a UTF-8 JSON/YAML file ({type(e).__name__}).') from e
+    if not isinstance(recipe, (dict, str)) or not recipe:
+        raise ValueError(f'--recipe {text} must hold a mapping of settings (or text), got '
+                         f'{type(recipe).__name__}.')
+    return recipe
+
+
+def _read_labels(text: Optional[str]) -> Optional[List[str]]:
+    """--labels: a UTF-8 text file, one distinct class name per line."""
+    if not text:
+        return None
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(f'--labels {text}: no such file (expected a text file with one class name per line).')
+    try:
+        labels = [line.strip() for line in path.read_text(encoding='utf-8').splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ValueError(f'--labels {text} is not a UTF-8 text file.') from e
+    if not labels:
+        raise ValueError(f'--labels {text} holds no class names (expected one per line).')
+    repeated = sorted({n for n in labels if labels.count(n) > 1})
+    if repeated:
+        raise ValueError(f'--labels {text} names {", ".join(repeated[:5])} more than once.')
+    return labels
+
+
+def _check_model_name(name: str) -> None:
+    if not timm.is_model(name) or not timm.models.model_entrypoint(name).__module__.startswith('timm_cct'):
+        raise ValueError(f'--model {name!r} is not a Compact Transformer registered by timm_cct; expected e.g. '
+                         f'cct_7_3x1_32 (see timm.list_models("cct_*"), "cvt_*", "vit_lite_*").')
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The command; returns the exit status (2 for a user error, reported as one line on stderr)."""
+    from ._cli import CliParser, fail
+    parser = CliParser(prog='python -m timm_cct.hub', description=__doc__.split('\n')[0])
+    parser.add_argument('source', help='checkpoint file: official state dict, timm train.py .pth.tar, .safetensors')
     parser.add_argument('--model', required=True, help='registered architecture, e.g. cct_7_3x1_32')
-    parser.add_argument('--out', required=True, help='output folder')
+    parser.add_argument('--out', required=True, help='output folder: new or empty, unless --overwrite')
+    parser.add_argument('--overwrite', action='store_true',
+                        help=f'write into a folder that holds files ({", ".join(HUB_FILES)} are replaced, other '
+                             f'files kept and not uploaded)')
     parser.add_argument('--repo-id', default=None, help='org/name to upload to (omit to only write the folder)')
     parser.add_argument('--dataset', default=None, help='training data, e.g. cifar10')
     parser.add_argument('--recipe', default=None, help='training recipe text, or a JSON/YAML file of settings')
     parser.add_argument('--result', action='append', default=[], metavar='NAME=VALUE', help='a result, repeatable')
-    parser.add_argument('--labels', default=None, help='file with one class name per line')
+    parser.add_argument('--labels', default=None, help='UTF-8 text file with one class name per line')
     parser.add_argument('--private', action='store_true', help='create the Hub repository as private')
     args = parser.parse_args(argv)
 
-    recipe = args.recipe
-    if recipe and Path(recipe).is_file():
-        import yaml
-        recipe = yaml.safe_load(Path(recipe).read_text())
-    labels = None
-    if args.labels:
-        labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
-    folder = export_to_hub(
-        args.source, args.out, model_name=args.model, repo_id=args.repo_id, label_names=labels,
-        dataset=args.dataset, recipe=recipe, results=_parse_results(args.result), private=args.private)
+    prog = parser.prog
+    try:
+        if not Path(args.source).is_file():
+            raise ValueError(f'{args.source}: no such checkpoint file.')
+        _check_model_name(args.model)
+        if args.repo_id is not None and (args.repo_id.count('/') != 1 or not all(args.repo_id.split('/'))):
+            raise ValueError(f"--repo-id expects 'org/name', got {args.repo_id!r}.")
+        _check_folder(Path(args.out), args.overwrite)
+        recipe, labels = _read_recipe(args.recipe), _read_labels(args.labels)
+        results = _parse_results(args.result)
+    except ValueError as e:
+        return fail(prog, e)
+    try:
+        folder = export_to_hub(
+            args.source, args.out, model_name=args.model, repo_id=args.repo_id, label_names=labels,
+            dataset=args.dataset, recipe=recipe, results=results, private=args.private, overwrite=args.overwrite)
+    except UploadError as e:
+        return fail(prog, e)
+    except (ValueError, TypeError, OSError) as e:  # a checkpoint that does not fit, labels of the wrong count
+        return fail(prog, e)
     print(json.dumps({'folder': str(folder), 'files': sorted(p.name for p in folder.iterdir()),
                       'uploaded_to': args.repo_id}))
-    return folder
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

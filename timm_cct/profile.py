@@ -10,6 +10,7 @@ import argparse
 import csv
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -75,10 +76,21 @@ def markdown_table(costs: Sequence[ModelCost]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('patterns', nargs='*', default=list(FAMILY_PATTERNS))
+    from ._cli import CliParser, fail
+    parser = CliParser(prog='python -m timm_cct.profile', description=__doc__.split('\n')[0])
+    parser.add_argument('patterns', nargs='*', default=list(FAMILY_PATTERNS),
+                        help='timm model names or wildcards (default: every Compact Transformer)')
     parser.add_argument('--csv', help='also write the figures to this CSV file')
     args = parser.parse_args(argv)
+    import timm_cct  # noqa: F401  (registers the models)
+    empty = [p for p in args.patterns if not timm.list_models(p)]
+    if empty:
+        return fail(parser.prog, f'no timm model matches {", ".join(map(repr, empty))}; expected model names or '
+                                 f'wildcards such as {" ".join(FAMILY_PATTERNS)}.')
+    if args.csv:
+        path = Path(args.csv)
+        if path.is_dir() or not path.parent.is_dir():
+            return fail(parser.prog, f'--csv {args.csv} must name a file in an existing folder.')
     costs = all_costs(args.patterns)
     print(markdown_table(costs))
     if args.csv:

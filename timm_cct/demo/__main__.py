@@ -1,0 +1,5 @@
+import sys
+
+from timm_cct.demo.run import main
+
+sys.exit(main())
