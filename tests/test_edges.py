@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import timm_cct  # noqa: F401  (registers the models)
 from timm_cct import CompactTransformer
-from timm_cct.cpu_attention import dropout_attention
+from timm_cct.cpu_kernels import dropout_attention
 from timm_cct.hub import export_to_hub
 
 PACKAGE = Path(timm_cct.__file__).parent
