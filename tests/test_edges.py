@@ -241,7 +241,7 @@ def test_variant_depth_override_other_families(name):
     ((-1,), ValueError, ['num_classes >= 0', '-1']),
     ((True,), TypeError, ['num_classes', 'bool']),
     (('10',), TypeError, ['num_classes']),
-    ((5, 'max'), ValueError, ['global_pool', "'max'"]),
+    ((5, 'mean'), ValueError, ['global_pool', "'mean'"]),
     ((5, 3), ValueError, ['global_pool']),
 ])
 def test_reset_classifier_refusal_changes_nothing(name, args, exc_type, fragments):

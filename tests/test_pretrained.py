@@ -116,7 +116,7 @@ def test_unreachable_url_names_it_and_the_ways_out(monkeypatch, tmp_path):
         timm.create_model('cct_7_3x1_32', pretrained=True)
     msg = str(err.value)
     assert URL + 'pretrained/cct_7_3x1_32_cifar10_300epochs.pth' in msg
-    assert "pretrained_cfg_overlay=dict(file=" in msg and "hf_hub_id=" in msg
+    assert "pretrained_cfg_overlay=dict(file=" in msg and "hf-hub:" in msg and 'local-dir:' in msg
 
 
 def test_model_without_weights_says_so():
