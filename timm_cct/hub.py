@@ -18,7 +18,7 @@ import timm
 from timm.models import save_for_hf
 
 from .cct import CompactTransformer, checkpoint_filter_fn
-from .loading import read_checkpoint_file
+from .loading import read_checkpoint_file, torch_load_weights_only
 
 try:
     from huggingface_hub import HfApi
@@ -70,9 +70,8 @@ def _train_img_size(path: Path) -> Optional[tuple]:
     """Input size recorded in a timm train.py checkpoint's ``args``, if any."""
     if path.suffix == '.safetensors':
         return None
-    from timm.models._helpers import _torch_load
     try:
-        checkpoint = _torch_load(str(path), weights_only=True)
+        checkpoint = torch_load_weights_only(path)
     except Exception:
         return None
     args = checkpoint.get('args') if isinstance(checkpoint, dict) else None

@@ -6,6 +6,8 @@ half-way: the converted state dict must match the model key for key and shape fo
 changes timm itself makes on purpose (a new classifier for another ``num_classes``, an adapted first conv
 for another ``in_chans``).
 """
+import argparse
+import inspect
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -13,12 +15,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from timm.models import load_state_dict
+from timm.models import clean_state_dict, load_state_dict
 from timm.models._hub import download_cached_file, hf_split
 
 __all__ = [
     'CheckpointError', 'WeightsUnavailableError', 'read_checkpoint_file', 'read_pretrained', 'check_state_dict',
-    'checked_filter',
+    'checked_filter', 'torch_load_weights_only',
 ]
 
 HUB_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
@@ -69,6 +71,37 @@ def _check_zip_crc(path: Path, label: str) -> None:
             f'Checkpoint {label} is damaged: entry {bad!r} fails its CRC-32 check (flipped or missing bytes).')
 
 
+_TIMM_LOADER_WEIGHTS_ONLY = 'weights_only' in inspect.signature(load_state_dict).parameters  # timm >= 1.0.26
+
+
+def torch_load_weights_only(path: Union[str, Path]) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU; ``argparse.Namespace`` is allowed (timm ``train.py``
+    checkpoints keep their ``args`` in one)."""
+    serialization = torch.serialization
+    if hasattr(serialization, 'safe_globals'):  # torch >= 2.5
+        with serialization.safe_globals([argparse.Namespace]):
+            return torch.load(str(path), map_location='cpu', weights_only=True)
+    if hasattr(serialization, 'add_safe_globals'):  # torch 2.4
+        serialization.add_safe_globals([argparse.Namespace])
+    return torch.load(str(path), map_location='cpu', weights_only=True)
+
+
+def _load_state_dict(path: Path, use_ema: bool) -> Any:
+    """timm's ``load_state_dict``; pickles are always read with ``weights_only=True`` (timm < 1.0.26 does not
+    pass it, so there the file is read here and unwrapped the way timm does)."""
+    if path.suffix == '.safetensors':
+        return load_state_dict(str(path), use_ema=use_ema)
+    if _TIMM_LOADER_WEIGHTS_ONLY:
+        return load_state_dict(str(path), use_ema=use_ema, weights_only=True)
+    checkpoint = torch_load_weights_only(path)
+    if isinstance(checkpoint, dict):
+        for key in (('state_dict_ema', 'model_ema') if use_ema else ()) + ('state_dict', 'model'):
+            if checkpoint.get(key) is not None:
+                checkpoint = checkpoint[key]
+                break
+    return clean_state_dict(checkpoint)
+
+
 def read_checkpoint_file(path: Union[str, Path], label: Optional[str] = None, use_ema: bool = True) -> Dict[str, torch.Tensor]:
     """Read a state dict from a ``torch.save`` file (pickles with ``weights_only=True``) or a safetensors file.
 
@@ -82,8 +115,8 @@ def read_checkpoint_file(path: Union[str, Path], label: Optional[str] = None, us
     if zipfile.is_zipfile(path):
         _check_zip_crc(path, label)
     try:
-        # timm's reader: safetensors by suffix, otherwise torch.load(weights_only=True)
-        state_dict = load_state_dict(str(path), use_ema=use_ema)
+        # safetensors by suffix, otherwise torch.load(weights_only=True)
+        state_dict = _load_state_dict(path, use_ema)
     except Exception as e:  # torch, pickle, zip and safetensors all raise their own types
         raise CheckpointError(
             f'Could not read checkpoint {label}: {type(e).__name__}: {e}. Expected a state dict saved with '
