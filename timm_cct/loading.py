@@ -7,7 +7,6 @@ changes timm itself makes on purpose (a new classifier for another ``num_classes
 for another ``in_chans``).
 """
 import argparse
-import inspect
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -71,9 +70,6 @@ def _check_zip_crc(path: Path, label: str) -> None:
             f'Checkpoint {label} is damaged: entry {bad!r} fails its CRC-32 check (flipped or missing bytes).')
 
 
-_TIMM_LOADER_WEIGHTS_ONLY = 'weights_only' in inspect.signature(load_state_dict).parameters  # timm >= 1.0.26
-
-
 def torch_load_weights_only(path: Union[str, Path]) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; ``argparse.Namespace`` is allowed (timm ``train.py``
     checkpoints keep their ``args`` in one)."""
@@ -87,12 +83,10 @@ def torch_load_weights_only(path: Union[str, Path]) -> Any:
 
 
 def _load_state_dict(path: Path, use_ema: bool) -> Any:
-    """timm's ``load_state_dict``; pickles are always read with ``weights_only=True`` (timm < 1.0.26 does not
-    pass it, so there the file is read here and unwrapped the way timm does)."""
+    """timm's ``load_state_dict`` for safetensors; a pickle is read here, with ``weights_only=True`` on every timm
+    release (timm < 1.0.26 reads it with ``weights_only=False`` by default), and unwrapped the way timm does."""
     if path.suffix == '.safetensors':
         return load_state_dict(str(path), use_ema=use_ema)
-    if _TIMM_LOADER_WEIGHTS_ONLY:
-        return load_state_dict(str(path), use_ema=use_ema, weights_only=True)
     checkpoint = torch_load_weights_only(path)
     if isinstance(checkpoint, dict):
         for key in (('state_dict_ema', 'model_ema') if use_ema else ()) + ('state_dict', 'model'):
