@@ -19,9 +19,17 @@ import torch.nn as nn
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 try:
     from timm.layers import is_exporting
-except ImportError:  # timm releases without it
+except ImportError:  # timm < 1.0.31: torch's own test (torch >= 2.7), else never
+    _HAS_IS_EXPORTING = hasattr(torch.compiler, 'is_exporting')
+
+    @torch.jit.unused
+    def _torch_is_exporting() -> bool:
+        return _HAS_IS_EXPORTING and torch.compiler.is_exporting()
+
     def is_exporting() -> bool:
-        return False
+        if torch.jit.is_scripting():
+            return False
+        return _torch_is_exporting()
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
