@@ -66,7 +66,7 @@ def model_cost(model: torch.nn.Module, input_size: Optional[Sequence[int]] = Non
     with FlopCounterMode(display=False, custom_mapping=_custom_formulas()) as counter, torch.no_grad():
         model(torch.zeros(1, *input_size))
     model.train(was_training)
-    flops = counter.get_flop_counts()['Global']
+    flops = counter.get_flop_counts().get('Global', {})  # absent when nothing was counted
     attn = sum(n for op, n in flops.items() if any(k in str(op) for k in _ATTENTION_OPS))
     return ModelCost(
         name=name or model.pretrained_cfg.get('architecture', type(model).__name__),
