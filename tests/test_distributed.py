@@ -29,8 +29,8 @@ def rank_weights(tmp_path_factory):
 
 @pytest.mark.parametrize('name', MODELS)
 def test_ranks_end_with_identical_weights(name, rank_weights):
-    rank0 = torch.load(rank_weights / f'{name}.rank0.pt')
-    rank1 = torch.load(rank_weights / f'{name}.rank1.pt')
+    rank0 = torch.load(rank_weights / f'{name}.rank0.pt', weights_only=True)
+    rank1 = torch.load(rank_weights / f'{name}.rank1.pt', weights_only=True)
     assert rank0.keys() == rank1.keys()
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key

@@ -18,6 +18,12 @@ FAMILIES = ['cct_2_3x2_32', 'cvt_2_4_32_sine', 'vit_lite_2_4_32']
 OPSET = 18
 ONNX_RTOL = 1e-4
 BATCH_SIZES = (1, 5)
+TORCH = tuple(int(p) for p in torch.__version__.split('+')[0].split('.')[:2])
+needs_onnx_dynamo = pytest.mark.skipif(
+    TORCH < (2, 5), reason=f'the dynamo ONNX exporter (dynamo=True) needs torch >= 2.5, this is {torch.__version__}')
+needs_export_is_exporting = pytest.mark.skipif(
+    TORCH < (2, 7), reason=f'export with a symbolic height and width needs torch.compiler.is_exporting '
+                           f'(torch >= 2.7), this is {torch.__version__}')
 # TorchScript is deprecated in recent torch but still supported; the models keep working with it
 pytestmark = pytest.mark.filterwarnings(r'ignore:`torch\.jit\.\w+` is deprecated:FutureWarning')
 
@@ -88,6 +94,7 @@ def test_torch_export_dynamic_batch(name, tmp_path):
         torch.testing.assert_close(loaded(x), ref, rtol=1e-5, atol=1e-6)
 
 
+@needs_export_is_exporting
 @pytest.mark.parametrize('name', ['cct_2_3x2_32', 'vit_lite_2_4_32_sine'])
 def test_torch_export_dynamic_size(name):
     """With dynamic_img_size the exported graph keeps batch, height and width symbolic."""
@@ -108,6 +115,7 @@ def export_onnx(model: torch.nn.Module, path, dynamic_shapes) -> ort.InferenceSe
     return ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
 
 
+@needs_onnx_dynamo
 @pytest.mark.parametrize('name', FAMILIES)
 def test_onnx_dynamic_batch(name, tmp_path):
     model = eager(name)
@@ -124,6 +132,8 @@ def test_onnx_dynamic_batch(name, tmp_path):
         assert rel_error(out, reference(model, x)) < ONNX_RTOL
 
 
+@needs_onnx_dynamo
+@needs_export_is_exporting
 def test_onnx_dynamic_size(tmp_path):
     model = eager('cct_2_3x2_32', dynamic_img_size=True)
     dims = {0: torch.export.Dim('batch', min=1, max=64), 2: torch.export.Dim('height', min=8, max=256),

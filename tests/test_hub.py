@@ -71,7 +71,7 @@ def test_hf_hub_offline_cache_gives_identical_logits(official, exported, tmp_pat
     code = (
         "import sys, torch, timm, timm_cct\n"
         "m = timm.create_model('hf-hub:someorg/cct_7_3x1_32', pretrained=True).eval()\n"
-        "x = torch.load(sys.argv[1])\n"
+        "x = torch.load(sys.argv[1], weights_only=True)\n"
         "torch.save(m(x).detach(), sys.argv[2])\n"
     )
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(tmp_path / 'cache'))
@@ -79,7 +79,7 @@ def test_hf_hub_offline_cache_gives_identical_logits(official, exported, tmp_pat
     subprocess.run([sys.executable, '-c', code, str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt')],
                    check=True, env=env, timeout=300)
     with torch.no_grad():
-        assert torch.equal(torch.load(tmp_path / 'y.pt'), model(x))
+        assert torch.equal(torch.load(tmp_path / 'y.pt', weights_only=True), model(x))
 
 
 def test_model_card_renders(exported):

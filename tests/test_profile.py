@@ -1,5 +1,7 @@
 """MAC counts against the analytic count of the architecture."""
 import timm
+import torch
+import torch.nn.functional as F
 
 import timm_cct  # noqa: F401
 from timm_cct.profile import main, markdown_table, model_cost
@@ -40,3 +42,19 @@ def test_command_line_errors(tmp_path, capsys):
     assert 'existing folder' in capsys.readouterr().err
     assert main(['cct_2_3x2_32', '--csv', str(tmp_path / 'x.csv')]) == 0
     assert (tmp_path / 'x.csv').read_text().startswith('name,')
+
+
+class _Attention(torch.nn.Module):
+    """Only F.scaled_dot_product_attention, on queries and keys of different lengths."""
+    pretrained_cfg = {'input_size': (1, 1, 1), 'architecture': 'sdpa'}
+
+    def forward(self, x):
+        q = torch.randn(2, 3, 5, 8) + x.sum()
+        k, v = torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def test_attention_products_are_counted_from_the_shapes():
+    cost = model_cost(_Attention())
+    # batch 2 x heads 3: Q @ K^T is 5 x 8 @ 8 x 7, weights @ V is 5 x 7 @ 7 x 8
+    assert cost.attn_macs == 2 * 3 * (5 * 8 * 7 + 5 * 7 * 8)

@@ -71,6 +71,7 @@ def test_data_pipeline(name, image_folder):
             dataset, input_size=data_config['input_size'], batch_size=6, is_training=True, use_prefetcher=False,
             auto_augment=policy, re_prob=0.25, re_mode='pixel', scale=(0.8, 1.0), interpolation='random',
             mean=data_config['mean'], std=data_config['std'], num_workers=0, device=torch.device('cpu'),
+            persistent_workers=False,  # older timm defaults to True, which DataLoader refuses without workers
         )
         images, targets = next(iter(loader))
         assert images.shape == (6, 3, 32, 32) and images.dtype == torch.float32

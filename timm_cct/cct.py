@@ -19,18 +19,9 @@ import torch.nn as nn
 
 from timm.layers import global_pool_nlc, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
-try:
-    from timm.layers import is_exporting
-except ImportError:  # timm releases without it
-    def is_exporting() -> bool:
-        return False
 from timm.models._features import feature_take_indices
-try:  # timm >= 1.0.31 keeps the model's current input size apart from its pretrained cfg
-    from timm.models._input import update_model_input_size
-except ImportError:
-    update_model_input_size = None
-
 from . import cpu_kernels
+from ._compat import is_exporting, update_model_input_size
 from .layers import Block, SeqPool, Tokenizer, check_image_input, sine_pos_embed
 from .loading import CheckpointError, check_state_dict, pretrained_filter, pretrained_loading
 

@@ -24,11 +24,8 @@ from typing import List, Optional, Tuple
 import torch
 
 from timm.layers import use_fused_attn
-try:
-    from timm.layers import is_exporting
-except ImportError:  # timm releases without it
-    def is_exporting() -> bool:
-        return False
+
+from ._compat import is_exporting
 
 __all__ = ['dropout_attention', 'keep_mask', 'enabled', 'set_enabled', 'use_dropout_attention', 'inference_chunk']
 

@@ -18,7 +18,7 @@ import timm
 from timm.models import save_for_hf
 
 from .cct import CompactTransformer, checkpoint_filter_fn
-from .loading import read_checkpoint_file
+from .loading import read_checkpoint_file, torch_load_weights_only
 
 try:
     from huggingface_hub import HfApi
@@ -77,9 +77,8 @@ def _train_img_size(path: Path) -> Optional[tuple]:
     """Input size recorded in a timm train.py checkpoint's ``args``, if any."""
     if path.suffix == '.safetensors':
         return None
-    from timm.models._helpers import _torch_load
     try:
-        checkpoint = _torch_load(str(path), weights_only=True)
+        checkpoint = torch_load_weights_only(path)
     except Exception:
         return None
     args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
@@ -266,19 +265,30 @@ def export_to_hub(
     folder = Path(folder)
     _check_folder(folder, overwrite)
     model_config = {'label_names': label_names} if label_names else {}
-    if dataset or results:
-        # describe these weights, not the checkpoint the model may have started from
-        what = f'trained on {dataset}' if dataset else 'trained weights'
-        model_config['pretrained_cfg'] = dict(
-            description=f'Exported with timm_cct.hub: {what}.',
-            notes=tuple(f'{k}={v}' for k, v in (results or {}).items()) + ((f'dataset={dataset}',) if dataset else ()),
-        )
     was_training = model.training
     model.eval()
     try:
-        save_for_hf(model, folder, model_config=model_config, safe_serialization=True)
+        # the build arguments that change the weights' shapes; timm >= 1.0.31 records them itself, older releases
+        # would rebuild the model at its registered size, channels and classes
+        model_args = dict(img_size=list(model.img_size), in_chans=model.in_chans, num_classes=model.num_classes,
+                          global_pool=model.global_pool)
+        save_for_hf(model, folder, model_config=model_config, model_args=model_args, safe_serialization=True)
     finally:
         model.train(was_training)
+    # completed here rather than passed to save_for_hf, which before timm 1.0.31 replaces the whole pretrained cfg
+    # (mean, std, crop) with a given one
+    config_path = folder / 'config.json'
+    config = json.loads(config_path.read_text(encoding='utf-8'))
+    pretrained_cfg = config.setdefault('pretrained_cfg', {})
+    pretrained_cfg.update(input_size=[model.in_chans, *model.img_size], num_classes=model.num_classes)
+    if dataset or results:
+        # describe these weights, not the checkpoint the model may have started from
+        what = f'trained on {dataset}' if dataset else 'trained weights'
+        pretrained_cfg.update(
+            description=f'Exported with timm_cct.hub: {what}.',
+            notes=[f'{k}={v}' for k, v in (results or {}).items()] + ([f'dataset={dataset}'] if dataset else []),
+        )
+    config_path.write_text(json.dumps(config, indent=2), encoding='utf-8')
     (folder / 'README.md').write_text(model_card(model, repo_id, dataset, recipe, results), encoding='utf-8')
 
     if repo_id:

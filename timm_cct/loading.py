@@ -5,11 +5,9 @@ progress, cache location, ``HF_HUB_OFFLINE``). timm-cct adds three things around
 
 - ``pretrained_filter``: the checkpoint filter timm applies, which converts an official checkpoint and then checks
   the result against the model key for key and shape for shape, naming the source in every error;
-- ``prepare_pretrained_load``: checks made before timm reads a local file (it exists, it is a checkpoint by its
-  content, its zip CRCs are intact, and a pickle holds nothing but tensors where the installed timm would unpickle
-  without ``weights_only``);
-- ``pretrained_load_errors``: turns timm's, torch's and huggingface_hub's reading errors into one message that names
-  the source and the ways out.
+- ``pretrained_loading``: checks made before timm reads a local file (it exists, it is a checkpoint by its content,
+  its zip CRCs are intact, a pickle holds nothing but tensors), and one message naming the source and the ways out
+  for whatever timm's, torch's or huggingface_hub's readers raise.
 
 Nothing loads half-way: apart from the changes timm makes on purpose (a new classifier for another
 ``num_classes``, an adapted first conv for another ``in_chans``), the converted state dict must fit exactly.
@@ -32,7 +30,7 @@ from timm.models import load_state_dict, resolve_pretrained_cfg
 
 __all__ = [
     'CheckpointError', 'WeightsUnavailableError', 'read_checkpoint_file', 'check_state_dict', 'check_local_file',
-    'pretrained_filter', 'pretrained_loading', 'source_label', 'sniff',
+    'pretrained_filter', 'pretrained_loading', 'source_label', 'sniff', 'torch_load_weights_only',
 ]
 
 LOCAL_WEIGHT_EXTS = ('.safetensors', '.pth', '.pth.tar', '.pt', '.bin', '.ckpt')
@@ -128,11 +126,20 @@ def _check_zip_crc(path: Path, label: str) -> None:
 
 def _unsafe_globals(path: Path) -> List[str]:
     """Pickle globals a ``weights_only=True`` load would refuse (argparse.Namespace of timm train.py allowed)."""
-    try:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:  # not readable as a torch checkpoint: the reader itself reports it
+    if hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint'):  # torch >= 2.5: reads the pickle only
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # not readable as a torch checkpoint: the reader itself reports it
+            return []
+        return [g for g in found if g != 'argparse.Namespace']
+    try:  # torch 2.4: a weights_only load with the tensors memory-mapped, not read
+        with _allow_namespace():
+            torch.load(str(path), map_location='cpu', weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        return [str(e).split('\n')[0][:200]]
+    except Exception:
         return []
-    return [g for g in found if g != 'argparse.Namespace']
+    return []
 
 
 def check_local_file(path: Union[str, Path], label: Optional[str] = None) -> Path:
@@ -162,6 +169,26 @@ def check_local_file(path: Union[str, Path], label: Optional[str] = None) -> Pat
     return path
 
 
+@contextlib.contextmanager
+def _allow_namespace() -> Iterator[None]:
+    """Let ``weights_only=True`` loads take ``argparse.Namespace`` (timm ``train.py`` checkpoints keep their ``args``
+    in one)."""
+    serialization = torch.serialization
+    if hasattr(serialization, 'safe_globals'):  # torch >= 2.5
+        with serialization.safe_globals([argparse.Namespace]):
+            yield
+        return
+    if hasattr(serialization, 'add_safe_globals'):  # torch 2.4
+        serialization.add_safe_globals([argparse.Namespace])
+    yield
+
+
+def torch_load_weights_only(path: Union[str, Path]) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, ``argparse.Namespace`` allowed."""
+    with _allow_namespace():
+        return torch.load(str(path), map_location='cpu', weights_only=True)
+
+
 def read_checkpoint_file(path: Union[str, Path], label: Optional[str] = None, use_ema: bool = True) -> Dict[str, torch.Tensor]:
     """Read a state dict with timm's reader (pickles with ``weights_only=True``), after ``check_local_file``.
 
@@ -170,10 +197,8 @@ def read_checkpoint_file(path: Union[str, Path], label: Optional[str] = None, us
     """
     label = label or str(path)
     path = check_local_file(path, label)
-    safe = getattr(torch.serialization, 'safe_globals', None)
     try:
-        with _named_by_content(path) as named, \
-                safe([argparse.Namespace]) if safe is not None else contextlib.nullcontext():
+        with _named_by_content(path) as named, _allow_namespace():
             state_dict = load_state_dict(str(named), use_ema=use_ema, weights_only=True)
     except Exception as e:  # torch, pickle, zip and safetensors all raise their own types
         raise CheckpointError(

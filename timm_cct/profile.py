@@ -2,6 +2,8 @@
 
 The paper's MAC counts leave out the attention matrix products (Q @ K^T and attn @ V); both are reported here.
 Counted with ``torch.utils.flop_counter.FlopCounterMode`` (1 MAC = 2 FLOPs) on one image at the model's input size.
+torch 2.3 to 2.14 have no formula for the CPU flash attention op that ``F.scaled_dot_product_attention`` runs on
+CPU; this module supplies one from the query/key/value shapes, so the figures are the same on every torch release.
 
     python -m timm_cct.profile            # Markdown table of all models
     python -m timm_cct.profile --csv out.csv
@@ -19,6 +21,28 @@ from torch.utils.flop_counter import FlopCounterMode
 import timm
 
 _ATTENTION_OPS = ('scaled_dot_product',)
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of softmax(Q @ K^T) @ V from the shapes (B, heads, L, E): two matrix products, 2 FLOPs per MAC."""
+    *batch, lq, e = query_shape
+    lk, ev = key_shape[-2], value_shape[-1]
+    if key_shape[-1] != e or value_shape[-2] != lk:
+        raise ValueError(f'attention shapes do not fit: q {tuple(query_shape)}, k {tuple(key_shape)}, '
+                         f'v {tuple(value_shape)}')
+    heads = 1
+    for n in batch:
+        heads *= n
+    return 2 * heads * lq * lk * (e + ev)
+
+
+def _custom_formulas() -> dict:
+    """Formulas for attention ops that some torch releases in the supported range leave uncounted."""
+    try:
+        op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    except (AttributeError, RuntimeError):  # a build without the op: nothing to add
+        return {}
+    return {op: _sdpa_flops}
 FAMILY_PATTERNS = ('cct_*', 'cvt_*', 'vit_lite_*')
 
 
@@ -40,10 +64,10 @@ def model_cost(model: torch.nn.Module, input_size: Optional[Sequence[int]] = Non
     input_size = tuple(input_size or model.pretrained_cfg['input_size'])
     was_training = model.training
     model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False, custom_mapping=_custom_formulas()) as counter, torch.no_grad():
         model(torch.zeros(1, *input_size))
     model.train(was_training)
-    flops = counter.get_flop_counts()['Global']
+    flops = counter.get_flop_counts().get('Global', {})  # absent when nothing was counted
     attn = sum(n for op, n in flops.items() if any(k in str(op) for k in _ATTENTION_OPS))
     return ModelCost(
         name=name or model.pretrained_cfg.get('architecture', type(model).__name__),
