@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import timm
+from timm_cct._compat import update_model_input_size
 import torch
 import torch.nn as nn
 
@@ -354,6 +355,8 @@ def test_pruned_model_exports_and_loads(tmp_path, name, prune_head, writer):
     if writer == 'export_to_hub':
         export_to_hub(model, tmp_path)
     else:
+        if update_model_input_size is None:
+            pytest.skip("timm < 1.0.31's save_for_hf records no build arguments (depth); export_to_hub does")
         timm.models.save_for_hf(model, tmp_path)
     loaded = timm.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()
     assert len(loaded.blocks) == 1

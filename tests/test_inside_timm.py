@@ -127,7 +127,7 @@ def test_data_config_follows_the_input_size(how):
     else:
         model = timm.create_model('cct_2_3x2_32')
         model.set_input_size(48)
-    assert data_config(model)['input_size'] == (3, 48, 48)
+    assert tuple(data_config(model)['input_size']) == (3, 48, 48)
 
 
 @pytest.mark.parametrize('name', FAMILIES)
@@ -137,7 +137,7 @@ def test_save_for_hf_round_trip_after_resizing(tmp_path, name):
     save_for_hf(model, tmp_path / 'export')
     loaded = timm.create_model(f'local-dir:{tmp_path / "export"}', pretrained=True).eval()
     assert loaded.img_size == (48, 48)
-    assert data_config(loaded)['input_size'] == (3, 48, 48)
+    assert tuple(data_config(loaded)['input_size']) == (3, 48, 48)
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)

@@ -75,7 +75,7 @@ VALID = st.fixed_dictionaries({}, optional={
     'embed_dim': st.sampled_from([8, 12, 16]),
     'num_heads': st.sampled_from([1, 2, 4]),
     'depth': st.integers(0, 3),
-    'mlp_ratio': st.one_of(st.floats(0.25, 4), st.integers(1, 3)),
+    'mlp_ratio': st.one_of(st.floats(0.25, 4, allow_subnormal=False), st.integers(1, 3)),
     'kernel_size': st.integers(1, 5),
     'stride': st.one_of(st.none(), st.integers(1, 3)),
     'padding': st.one_of(st.none(), st.integers(0, 3)),
@@ -85,9 +85,9 @@ VALID = st.fixed_dictionaries({}, optional={
     'class_token': st.booleans(),
     'pos_embed': st.sampled_from(['learnable', 'sine', 'none']),
     'dynamic_img_size': st.booleans(),
-    'drop_rate': st.floats(0, 1),
-    'attn_drop_rate': st.floats(0, 1),
-    'drop_path_rate': st.floats(0, 1),
+    'drop_rate': st.floats(0, 1, allow_subnormal=False),
+    'attn_drop_rate': st.floats(0, 1, allow_subnormal=False),
+    'drop_path_rate': st.floats(0, 1, allow_subnormal=False),
     'act_layer': st.sampled_from([None, nn.ReLU]),
 })
 ODD = [1.5, '3', None, True, float('nan'), [2]]

@@ -20,4 +20,14 @@ try:  # timm >= 1.0.31 keeps the model's current input size apart from its pretr
 except ImportError:
     update_model_input_size = None
 
-__all__ = ['is_exporting', 'update_model_input_size']
+
+
+def register_load_state_dict_pre_hook(module: torch.nn.Module, hook) -> None:
+    """``module.register_load_state_dict_pre_hook(hook)`` (torch >= 2.5; torch 2.4 has it under a private name)."""
+    if hasattr(module, 'register_load_state_dict_pre_hook'):
+        module.register_load_state_dict_pre_hook(hook)
+    else:
+        module._register_load_state_dict_pre_hook(hook, with_module=True)
+
+
+__all__ = ['is_exporting', 'update_model_input_size', 'register_load_state_dict_pre_hook']

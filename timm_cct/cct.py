@@ -21,7 +21,7 @@ from timm.layers import global_pool_nlc, resample_abs_pos_embed, to_2tuple, trun
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
 from timm.models._features import feature_take_indices
 from . import cpu_kernels
-from ._compat import is_exporting, update_model_input_size
+from ._compat import is_exporting, register_load_state_dict_pre_hook, update_model_input_size
 from .layers import Block, SeqPool, Tokenizer, check_image_input, sine_pos_embed
 from .loading import CheckpointError, check_state_dict, pretrained_filter, pretrained_loading
 
@@ -248,7 +248,7 @@ class CompactTransformer(nn.Module):
 
         self.init_weights()
         # official checkpoints (and ours) load through every path that calls load_state_dict
-        self.register_load_state_dict_pre_hook(_convert_official_state_dict)
+        register_load_state_dict_pre_hook(self, _convert_official_state_dict)
 
     # -- initialisation ---------------------------------------------------------------------------
 

@@ -271,7 +271,7 @@ def export_to_hub(
         # the build arguments that change the weights' shapes; timm >= 1.0.31 records them itself, older releases
         # would rebuild the model at its registered size, channels and classes
         model_args = dict(img_size=list(model.img_size), in_chans=model.in_chans, num_classes=model.num_classes,
-                          global_pool=model.global_pool)
+                          global_pool=model.global_pool, depth=len(model.blocks))
         save_for_hf(model, folder, model_config=model_config, model_args=model_args, safe_serialization=True)
     finally:
         model.train(was_training)

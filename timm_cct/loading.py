@@ -255,6 +255,20 @@ def _named_by_content(path: Path) -> Iterator[Path]:
             _ALIASES.pop(str(alias), None)
 
 
+def _folder_weights(folder: Path) -> Path:
+    """The weight file timm takes from a ``local-dir:`` folder (its preferred names, then the first by extension)."""
+    from timm.models import _hub
+    preferred = getattr(_hub, '_PREFERRED_FILES', ('model.safetensors', 'pytorch_model.bin'))
+    for name in preferred:
+        if (folder / name).is_file():
+            return folder / name
+    for ext in getattr(_hub, '_EXT_PRIORITY', LOCAL_WEIGHT_EXTS):
+        found = sorted(folder.glob(f'*{ext}'))
+        if found:
+            return found[0]
+    raise FileNotFoundError(f'No weight file in the folder {folder}; expected one of {list(preferred)}.')
+
+
 @contextlib.contextmanager
 def pretrained_loading(variant: str, kwargs: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
     """Context for timm's builder loading pretrained weights: yields the model kwargs to build with.
@@ -272,9 +286,11 @@ def pretrained_loading(variant: str, kwargs: Dict[str, Any]) -> Iterator[Dict[st
             if source == 'local-dir':
                 if not path.is_dir():
                     raise FileNotFoundError(f'Weight folder not found: {path}.')
-                for candidate in sorted(path.iterdir()):
-                    if candidate.name.endswith(LOCAL_WEIGHT_EXTS) and not _TIMM_READS_SAFELY:
-                        check_local_file(candidate)
+                if not _TIMM_READS_SAFELY:
+                    # timm < 1.0.26 reads a folder's weights with torch.load whatever their format, unpickling
+                    # without weights_only: hand it the folder's weight file as a file source instead
+                    path = check_local_file(_folder_weights(path))
+                    overlay.update(source='', hf_hub_id=None)
             else:
                 path = stack.enter_context(_named_by_content(check_local_file(path)))
             if str(path) != str(cfg['file']):

@@ -124,16 +124,17 @@ _SIZES = {
 
 
 def _create(variant: str, pretrained: bool, model_args: Dict[str, Any], /, **kwargs) -> CompactTransformer:
-    # the caller's arguments (depth=, img_size=, ...) override the variant's defaults
+    # the caller's arguments (depth=, ...) override the variant's defaults; img_size and num_classes come from the
+    # pretrained cfg (timm's builder fills them in), so a cfg read from an exported folder rebuilds its model
     return create_compact_transformer(variant, pretrained, **dict(model_args, **kwargs))
 
 
-def _cct(variant: str, pretrained: bool, depth: int, kernel: int, conv_layers: int, size: int, classes: int,
-         pe: str = 'learnable', /, **kwargs) -> CompactTransformer:
+def _cct(variant: str, pretrained: bool, depth: int, kernel: int, conv_layers: int, pe: str = 'learnable', /,
+         **kwargs) -> CompactTransformer:
     """CCT: convolutional tokenizer of ``conv_layers`` [kernel x kernel conv, ReLU, max-pool], SeqPool."""
     model_args = dict(
         depth=depth, **_SIZES[depth], kernel_size=kernel, tokenizer_layers=conv_layers,
-        img_size=size, num_classes=classes, pos_embed=pe, global_pool='seq',
+        pos_embed=pe, global_pool='seq',
     )
     return _create(variant, pretrained, model_args, **kwargs)
 
@@ -143,7 +144,7 @@ def _cvt(variant: str, pretrained: bool, depth: int, patch: int, pe: str = 'lear
     """CVT: patch tokenizer, SeqPool."""
     model_args = dict(
         depth=depth, **_SIZES[depth], kernel_size=patch, conv_tokenizer=False,
-        img_size=32, num_classes=10, pos_embed=pe, global_pool='seq',
+        pos_embed=pe, global_pool='seq',
     )
     return _create(variant, pretrained, model_args, **kwargs)
 
@@ -153,7 +154,7 @@ def _vit_lite(variant: str, pretrained: bool, depth: int, patch: int, pe: str = 
     """ViT-Lite: patch tokenizer, class token."""
     model_args = dict(
         depth=depth, **_SIZES[depth], kernel_size=patch, conv_tokenizer=False, class_token=True,
-        img_size=32, num_classes=10, pos_embed=pe, global_pool='token',
+        pos_embed=pe, global_pool='token',
     )
     return _create(variant, pretrained, model_args, **kwargs)
 
@@ -161,115 +162,115 @@ def _vit_lite(variant: str, pretrained: bool, depth: int, patch: int, pe: str = 
 @register_model
 def cct_2_3x2_32(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-2/3x2, 32x32 input, 10 classes."""
-    return _cct('cct_2_3x2_32', pretrained, 2, 3, 2, 32, 10, **kwargs)
+    return _cct('cct_2_3x2_32', pretrained, 2, 3, 2, **kwargs)
 
 
 @register_model
 def cct_2_3x2_32_sine(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-2/3x2, 32x32 input, 10 classes, sine position embedding."""
-    return _cct('cct_2_3x2_32_sine', pretrained, 2, 3, 2, 32, 10, 'sine', **kwargs)
+    return _cct('cct_2_3x2_32_sine', pretrained, 2, 3, 2, 'sine', **kwargs)
 
 
 @register_model
 def cct_4_3x2_32(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-4/3x2, 32x32 input, 10 classes."""
-    return _cct('cct_4_3x2_32', pretrained, 4, 3, 2, 32, 10, **kwargs)
+    return _cct('cct_4_3x2_32', pretrained, 4, 3, 2, **kwargs)
 
 
 @register_model
 def cct_4_3x2_32_sine(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-4/3x2, 32x32 input, 10 classes, sine position embedding."""
-    return _cct('cct_4_3x2_32_sine', pretrained, 4, 3, 2, 32, 10, 'sine', **kwargs)
+    return _cct('cct_4_3x2_32_sine', pretrained, 4, 3, 2, 'sine', **kwargs)
 
 
 @register_model
 def cct_6_3x1_32(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-6/3x1, 32x32 input, 10 classes."""
-    return _cct('cct_6_3x1_32', pretrained, 6, 3, 1, 32, 10, **kwargs)
+    return _cct('cct_6_3x1_32', pretrained, 6, 3, 1, **kwargs)
 
 
 @register_model
 def cct_6_3x1_32_sine(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-6/3x1, 32x32 input, 10 classes, sine position embedding."""
-    return _cct('cct_6_3x1_32_sine', pretrained, 6, 3, 1, 32, 10, 'sine', **kwargs)
+    return _cct('cct_6_3x1_32_sine', pretrained, 6, 3, 1, 'sine', **kwargs)
 
 
 @register_model
 def cct_6_3x2_32(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-6/3x2, 32x32 input, 10 classes."""
-    return _cct('cct_6_3x2_32', pretrained, 6, 3, 2, 32, 10, **kwargs)
+    return _cct('cct_6_3x2_32', pretrained, 6, 3, 2, **kwargs)
 
 
 @register_model
 def cct_6_3x2_32_sine(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-6/3x2, 32x32 input, 10 classes, sine position embedding."""
-    return _cct('cct_6_3x2_32_sine', pretrained, 6, 3, 2, 32, 10, 'sine', **kwargs)
+    return _cct('cct_6_3x2_32_sine', pretrained, 6, 3, 2, 'sine', **kwargs)
 
 
 @register_model
 def cct_7_3x1_32(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-7/3x1, 32x32 input, CIFAR-10."""
-    return _cct('cct_7_3x1_32', pretrained, 7, 3, 1, 32, 10, **kwargs)
+    return _cct('cct_7_3x1_32', pretrained, 7, 3, 1, **kwargs)
 
 
 @register_model
 def cct_7_3x1_32_sine(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-7/3x1, 32x32 input, CIFAR-10, sine position embedding."""
-    return _cct('cct_7_3x1_32_sine', pretrained, 7, 3, 1, 32, 10, 'sine', **kwargs)
+    return _cct('cct_7_3x1_32_sine', pretrained, 7, 3, 1, 'sine', **kwargs)
 
 
 @register_model
 def cct_7_3x1_32_c100(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-7/3x1, 32x32 input, CIFAR-100."""
-    return _cct('cct_7_3x1_32_c100', pretrained, 7, 3, 1, 32, 100, **kwargs)
+    return _cct('cct_7_3x1_32_c100', pretrained, 7, 3, 1, **kwargs)
 
 
 @register_model
 def cct_7_3x1_32_sine_c100(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-7/3x1, 32x32 input, CIFAR-100, sine position embedding."""
-    return _cct('cct_7_3x1_32_sine_c100', pretrained, 7, 3, 1, 32, 100, 'sine', **kwargs)
+    return _cct('cct_7_3x1_32_sine_c100', pretrained, 7, 3, 1, 'sine', **kwargs)
 
 
 @register_model
 def cct_7_3x2_32(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-7/3x2, 32x32 input, 10 classes."""
-    return _cct('cct_7_3x2_32', pretrained, 7, 3, 2, 32, 10, **kwargs)
+    return _cct('cct_7_3x2_32', pretrained, 7, 3, 2, **kwargs)
 
 
 @register_model
 def cct_7_3x2_32_sine(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-7/3x2, 32x32 input, 10 classes, sine position embedding."""
-    return _cct('cct_7_3x2_32_sine', pretrained, 7, 3, 2, 32, 10, 'sine', **kwargs)
+    return _cct('cct_7_3x2_32_sine', pretrained, 7, 3, 2, 'sine', **kwargs)
 
 
 @register_model
 def cct_7_7x2_224(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-7/7x2, 224x224 input, Flowers-102."""
-    return _cct('cct_7_7x2_224', pretrained, 7, 7, 2, 224, 102, **kwargs)
+    return _cct('cct_7_7x2_224', pretrained, 7, 7, 2, **kwargs)
 
 
 @register_model
 def cct_7_7x2_224_sine(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-7/7x2, 224x224 input, Flowers-102, sine position embedding."""
-    return _cct('cct_7_7x2_224_sine', pretrained, 7, 7, 2, 224, 102, 'sine', **kwargs)
+    return _cct('cct_7_7x2_224_sine', pretrained, 7, 7, 2, 'sine', **kwargs)
 
 
 @register_model
 def cct_14_7x2_224(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-14/7x2, 224x224 input, ImageNet-1k."""
-    return _cct('cct_14_7x2_224', pretrained, 14, 7, 2, 224, 1000, **kwargs)
+    return _cct('cct_14_7x2_224', pretrained, 14, 7, 2, **kwargs)
 
 
 @register_model
 def cct_14_7x2_384(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-14/7x2, 384x384 input, ImageNet-1k."""
-    return _cct('cct_14_7x2_384', pretrained, 14, 7, 2, 384, 1000, **kwargs)
+    return _cct('cct_14_7x2_384', pretrained, 14, 7, 2, **kwargs)
 
 
 @register_model
 def cct_14_7x2_384_fl(pretrained: bool = False, **kwargs) -> CompactTransformer:
     """CCT-14/7x2, 384x384 input, Flowers-102."""
-    return _cct('cct_14_7x2_384_fl', pretrained, 14, 7, 2, 384, 102, **kwargs)
+    return _cct('cct_14_7x2_384_fl', pretrained, 14, 7, 2, **kwargs)
 
 
 @register_model

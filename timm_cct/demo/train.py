@@ -60,6 +60,7 @@ def make_loader(dataset: SampleDataset, data: DemoData, args: argparse.Namespace
         dataset, input_size=(3, args.img_size, args.img_size),
         batch_size=args.batch_size if is_training else 2 * args.batch_size, is_training=is_training,
         use_prefetcher=cuda, device=device, pin_memory=cuda, num_workers=args.workers,
+        persistent_workers=args.workers > 0,  # timm < 1.0.26 keeps workers by default, which needs workers
         re_prob=args.reprob, re_mode=args.remode, scale=tuple(args.scale), hflip=args.hflip, vflip=0.,
         color_jitter=args.color_jitter, auto_augment=args.aa or None,
         interpolation=args.train_interpolation if is_training else args.interpolation,
