@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 import timm
 import timm_cct
-from timm_cct import loading
 from timm_cct.loading import CheckpointError, WeightsUnavailableError
 
 from official import FIXTURE_NAMES, fixture, rel_error, seeded_state_dict, timm_name

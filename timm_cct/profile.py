@@ -8,7 +8,6 @@ CPU; this module supplies one from the query/key/value shapes, so the figures ar
     python -m timm_cct.profile            # Markdown table of all models
     python -m timm_cct.profile --csv out.csv
 """
-import argparse
 import csv
 import sys
 from dataclasses import asdict, dataclass

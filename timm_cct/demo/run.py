@@ -3,7 +3,6 @@ finish, then the plots and the Hub folder of the best Compact Transformer."""
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
