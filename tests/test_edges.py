@@ -1,7 +1,6 @@
 """Edges of the model API: empty and single-image batches in every mode and output, dtype and device mismatches,
 constructor and method arguments refused before anything changes, block indices, pruned exports, variant
 arguments overriding the variant's defaults."""
-from pathlib import Path
 
 import pytest
 import timm
@@ -13,21 +12,11 @@ import timm_cct  # noqa: F401  (registers the models)
 from timm_cct import CompactTransformer
 from timm_cct.cpu_kernels import dropout_attention
 from timm_cct.hub import export_to_hub
+from boundary import raises_from_package as _raises
 
-PACKAGE = Path(timm_cct.__file__).parent
 FAMILIES = ['cct_2_3x2_32', 'cvt_2_4_32_sine', 'vit_lite_2_4_32']
 
 
-def _raises(exc_type, fn, *fragments: str) -> str:
-    """Run ``fn``; require ``exc_type`` raised by our package, naming every fragment."""
-    with pytest.raises(exc_type) as info:
-        fn()
-    message = str(info.value)
-    for fragment in fragments:
-        assert fragment in message, f'{fragment!r} missing from {message!r}'
-    raiser = Path(info.traceback[-1].path)
-    assert PACKAGE in raiser.parents, f'raised in {raiser}, not by timm_cct'
-    return message
 
 
 def _snapshot(model: nn.Module):

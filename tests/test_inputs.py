@@ -1,7 +1,6 @@
 """Bad input gets a clear ValueError/TypeError from our own checks, naming what was expected and what came."""
 import re
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +9,9 @@ import torch
 
 import timm_cct  # noqa: F401  (registers the models)
 from timm_cct import CompactTransformer
+from boundary import raises_from_package as _raises
 
 FAMILIES = ['cct_2_3x2_32', 'cvt_2_4_32_sine', 'vit_lite_2_4_32']
-PACKAGE = Path(timm_cct.__file__).parent
 # every way to push an image through a model; each must run the same input checks
 ENTRY_POINTS = {
     'forward': lambda m, x: m(x),
@@ -27,16 +26,6 @@ def _model(name: str, **kwargs) -> CompactTransformer:
     return timm.create_model(name, **kwargs).eval()
 
 
-def _raises(exc_type, fn, *fragments: str) -> str:
-    """Run ``fn``, require ``exc_type`` raised by our package (not deep in torch) naming every fragment."""
-    with pytest.raises(exc_type) as info:
-        fn()
-    message = str(info.value)
-    for fragment in fragments:
-        assert fragment in message, f'{fragment!r} missing from {message!r}'
-    raiser = Path(info.traceback[-1].path)
-    assert PACKAGE in raiser.parents, f'raised in {raiser}, not at the model boundary'
-    return message
 
 
 def _entry_points(name: str):
