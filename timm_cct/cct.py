@@ -473,10 +473,10 @@ class CompactTransformer(nn.Module):
         serves loads into a module that contains this model)."""
         if strict:
             try:
-                converted = _convert(dict(state_dict), self)
+                state_dict = _convert(dict(state_dict), self)  # the pre-hook then finds nothing left to convert
             except ValueError as e:
                 raise CheckpointError(f'Could not convert the state dict given to load_state_dict: {e}') from None
-            check_state_dict(converted, self, 'given to load_state_dict', pretrained_cfg={})
+            check_state_dict(state_dict, self, 'given to load_state_dict', pretrained_cfg={})
         return super().load_state_dict(state_dict, strict=strict, **kwargs)
 
     @torch.jit.ignore
